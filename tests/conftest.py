@@ -1,0 +1,44 @@
+"""Shared fixtures: the public parity fixtures next to the repo, seed/dtype hygiene, the ``gpu`` marker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("NEMO_EAGLE_FIXTURES", REPO.parent / "shared" / "fixtures"))
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; run benchmarks/gpu_check.sh on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.fail(f"parity fixtures not found at {FIXTURES} (set NEMO_EAGLE_FIXTURES)")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "tiny-eagle2"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_dtype():
+    import torch
+
+    torch.manual_seed(0)
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)
