@@ -1,0 +1,109 @@
+"""Image loading into the reference's uint8 (3, H, W) RGB tensor, with clear errors on bad input.
+
+RGBA (and LA / palette with transparency) is composited over white using alpha as the paste mask, grey and
+palette images are converted to RGB, and EXIF orientation is applied first.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray, torch.Tensor]
+
+# Refuse decompression bombs long before they reach the tiler (PIL's own guard warns at ~89 MP).
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message names the input and the problem."""
+
+
+def _open(source: ImageInput, name: str) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (str, Path)):
+        s = str(source)
+        if s.startswith("data:"):
+            return _open(decode_data_url(s), name)
+        path = Path(s)
+        if not path.exists():
+            raise ImageError(f"{name}: file not found: {path}")
+        data = path.read_bytes()
+    elif isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        raise ImageError(f"{name}: unsupported image type {type(source).__name__}")
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name}: not an image (PIL cannot identify the format)") from e
+    return img
+
+
+def decode_data_url(url: str) -> bytes:
+    """The bytes of a ``data:image/...;base64,`` URL."""
+    head, sep, payload = url.partition(",")
+    if not sep or not head.startswith("data:"):
+        raise ImageError("malformed data URL (expected data:<mime>;base64,<payload>)")
+    if ";base64" not in head:
+        raise ImageError("data URL must be base64-encoded")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (ValueError, base64.binascii.Error) as e:
+        raise ImageError(f"data URL has invalid base64: {e}") from e
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB as the reference makes it: alpha composited over white, everything else converted."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.split()[3])
+        return background
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def load_image(source: ImageInput, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Any supported image input -> uint8 (3, H, W) RGB tensor."""
+    name = name or (str(source) if isinstance(source, (str, Path)) and not str(source).startswith("data:") else "image")
+    if isinstance(source, torch.Tensor):
+        return _check_tensor(source, name)
+    if isinstance(source, np.ndarray):
+        arr = source
+        if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] not in (3, 4):
+            return load_image(Image.fromarray(arr), name=name, max_pixels=max_pixels)
+        return _check_tensor(torch.from_numpy(np.ascontiguousarray(arr)), name)
+    img = _open(source, name)
+    w, h = img.size
+    if w == 0 or h == 0:
+        raise ImageError(f"{name}: image has no pixels ({w}x{h})")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (decompression bomb?)")
+    try:
+        img = ImageOps.exif_transpose(img) or img
+        rgb = to_rgb(img)
+        arr = np.asarray(rgb, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name}: image data is corrupt or truncated ({e})") from e
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+
+
+def _check_tensor(t: torch.Tensor, name: str) -> torch.Tensor:
+    if t.dtype != torch.uint8 or t.dim() != 3 or t.shape[0] != 3:
+        raise ImageError(f"{name}: tensor images must be uint8 (3, H, W) RGB, got {tuple(t.shape)} {t.dtype}")
+    if t.shape[1] == 0 or t.shape[2] == 0:
+        raise ImageError(f"{name}: image has no pixels ({t.shape[2]}x{t.shape[1]})")
+    return t.contiguous()
+
+
+def describe(source: Any) -> str:
+    return str(source) if isinstance(source, (str, Path)) else type(source).__name__

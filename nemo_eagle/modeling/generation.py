@@ -1,0 +1,174 @@
+"""Autoregressive decoding for EagleModel: KV cache, greedy / seeded sampling, stop strings, streaming.
+
+The first step runs the LM on the merged text+image embeddings; later steps feed one token per row with the
+cache. ``use_cache=False`` recomputes the whole sequence each step (the oracle the cache is tested against).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from nemo_eagle.modeling.eagle import EagleModel
+
+
+@dataclass(kw_only=True)
+class GenerationConfig:
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    eos_token_id: int | Sequence[int] | None = None
+    pad_token_id: int | None = None
+    stop_strings: Sequence[str] | None = None
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+def make_config(model: EagleModel, kwargs: dict[str, Any]) -> GenerationConfig:
+    names = {f.name for f in fields(GenerationConfig)}
+    unknown = set(kwargs) - names
+    if unknown:
+        raise TypeError(f"unknown generation option(s): {sorted(unknown)}; known: {sorted(names)}")
+    cfg = GenerationConfig(**kwargs)
+    tok = model.tokenizer
+    if cfg.eos_token_id is None and tok is not None:
+        cfg.eos_token_id = tok.eos_token_id
+    if cfg.pad_token_id is None:
+        cfg.pad_token_id = tok.pad_token_id if tok is not None else 0
+    if cfg.stop_strings and tok is None:
+        raise ValueError("stop_strings need a tokenizer: load the model from a checkpoint with tokenizer.json")
+    return cfg
+
+
+def sample_next(logits: Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> Tensor:
+    """(B, V) logits -> (B,) next ids: argmax, or temperature / top-k / top-p sampling."""
+    if not cfg.do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k:
+        kth = torch.topk(logits, min(cfg.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > cfg.top_p  # keep the smallest prefix reaching top_p (at least one)
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs.cpu() if generator is not None else probs, 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+def iter_tokens(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | None, pixel_values: Tensor | None,
+                cfg: GenerationConfig) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (next_ids (B,), finished (B,)) per step until every row stopped or max_new_tokens is reached."""
+    from nemo_eagle.modeling.eagle import cache_kwargs, output_cache, positions_from_mask
+
+    device = model.device
+    input_ids = input_ids.to(device)
+    b = input_ids.shape[0]
+    mask = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).to(device)
+    generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+    eos = set([cfg.eos_token_id] if isinstance(cfg.eos_token_id, int) else list(cfg.eos_token_id or []))
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    texts = [""] * b
+    embeds = model.embed_inputs(input_ids, pixel_values.to(device) if pixel_values is not None else None)
+    positions = positions_from_mask(mask)
+    cache = None
+    step_embeds, step_pos, step_mask = embeds, positions, mask
+    for _ in range(cfg.max_new_tokens):
+        if cfg.use_cache:
+            out = model.language_model(inputs_embeds=step_embeds, attention_mask=mask, position_ids=step_pos,
+                                       use_cache=True, **cache_kwargs(model.language_model, cache))
+            cache = output_cache(out)
+        else:
+            out = model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+        nxt = sample_next(out.logits[:, -1, :], cfg, generator)
+        nxt = torch.where(finished, torch.full_like(nxt, cfg.pad_token_id), nxt)
+        done_now = torch.tensor([int(t) in eos for t in nxt.tolist()], device=device) & ~finished
+        if cfg.stop_strings:
+            for i in range(b):
+                if not finished[i] and not done_now[i]:
+                    texts[i] += model.tokenizer.decode([int(nxt[i])], skip_special_tokens=False)
+                    if any(s in texts[i] for s in cfg.stop_strings):
+                        done_now[i] = True
+        yield nxt, finished | done_now
+        finished |= done_now
+        if bool(finished.all()):
+            return
+        new_embed = model.language_model.get_input_embeddings()(nxt[:, None])
+        new_pos = positions[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=device)], dim=1)
+        embeds = torch.cat([embeds, new_embed], dim=1)
+        positions = torch.cat([positions, new_pos], dim=1)
+        step_embeds, step_pos = new_embed, new_pos
+
+
+def generate(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | None = None,
+             pixel_values: Tensor | None = None, **kwargs: Any) -> Tensor:
+    cfg = make_config(model, kwargs)
+    steps = []
+    was_finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=model.device)
+    for nxt, finished in iter_tokens(model, input_ids, attention_mask, pixel_values, cfg):
+        steps.append(torch.where(was_finished, torch.full_like(nxt, cfg.pad_token_id), nxt))
+        was_finished = finished
+    ids = torch.stack(steps, dim=1)
+    if cfg.stop_strings:
+        ids = _truncate_at_stop(model, ids, cfg)
+    return ids
+
+
+def _truncate_at_stop(model: EagleModel, ids: Tensor, cfg: GenerationConfig) -> Tensor:
+    """Pad out the tokens after the one completing a stop string (the stop text itself is kept)."""
+    out = ids.clone()
+    for i in range(ids.shape[0]):
+        text = ""
+        for j, t in enumerate(ids[i].tolist()):
+            text += model.tokenizer.decode([t], skip_special_tokens=False)
+            if any(s in text for s in cfg.stop_strings):
+                out[i, j + 1:] = cfg.pad_token_id
+                break
+    return out
+
+
+def stream_text(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | None = None,
+                pixel_values: Tensor | None = None, **kwargs: Any) -> Iterator[str]:
+    """Decoded text pieces of a single prompt, as they become printable (multi-byte characters held back)."""
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"streaming takes one prompt, got a batch of {input_ids.shape[0]}")
+    if model.tokenizer is None:
+        raise ValueError("streaming needs a tokenizer: load the model from a checkpoint with tokenizer.json")
+    cfg = make_config(model, kwargs)
+    eos = set([cfg.eos_token_id] if isinstance(cfg.eos_token_id, int) else list(cfg.eos_token_id or []))
+    ids: list[int] = []
+    emitted = ""
+    for nxt, finished in iter_tokens(model, input_ids, attention_mask, pixel_values, cfg):
+        t = int(nxt[0])
+        if t not in eos:
+            ids.append(t)
+        text = model.tokenizer.decode(ids)
+        if cfg.stop_strings:
+            cut = min((text.find(s) + len(s) for s in cfg.stop_strings if s in text), default=-1)
+            text = text[:cut] if cut >= 0 else text
+        if text.endswith("\ufffd") and not bool(finished[0]):
+            continue  # an incomplete UTF-8 sequence: wait for the next token
+        if len(text) > len(emitted):
+            yield text[len(emitted):]
+            emitted = text
+        if bool(finished[0]):
+            return

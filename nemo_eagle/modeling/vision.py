@@ -1,0 +1,58 @@
+"""Vision towers: transformers' SigLIP, and the Eagle2-9B mixture of SigLIP + ConvNeXt (channel concatenation).
+
+``select_layer == -1`` returns the output after SigLIP's ``post_layernorm``; any other k returns
+``hidden_states[k]`` (before post_layernorm), as NVIDIA's code does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import ConvNextConfig, ConvNextModel, SiglipVisionConfig, SiglipVisionModel
+
+from nemo_eagle.config import VisionConfig, vision_hf_dict
+
+
+def siglip_config(cfg: VisionConfig, attn_implementation: str) -> SiglipVisionConfig:
+    d = vision_hf_dict(cfg)
+    d.pop("model_type", None)
+    d.pop("convnext_config", None)
+    d["vision_use_head"] = False  # checkpoints may carry head.*; EAGLE2 never uses it
+    c = SiglipVisionConfig(**d)
+    c._attn_implementation = attn_implementation
+    return c
+
+
+class VisionEncoder(nn.Module):
+    """pixel_values (N, 3, S, S) -> features (N, P, C), P = (S / patch)**2, no CLS token."""
+
+    def __init__(self, cfg: VisionConfig, attn_implementation: str = "sdpa"):
+        super().__init__()
+        self.select_layer = cfg.select_layer
+        self.tower = SiglipVisionModel(siglip_config(cfg, attn_implementation))
+        self.convnext = None
+        if cfg.convnext:
+            cn = dict(cfg.convnext)
+            self.convnext_size = int(cn.pop("image_size", 512))
+            self.convnext = ConvNextModel(ConvNextConfig(**cn))
+        self.grid = cfg.grid_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        pixel_values = pixel_values.to(self.dtype)
+        if self.select_layer == -1:
+            feats = self.tower(pixel_values=pixel_values).last_hidden_state
+        else:
+            feats = self.tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[self.select_layer]
+        if self.convnext is None:
+            return feats
+        # Mixture of encoders: ConvNeXt at its own resolution, resized to the SigLIP patch grid, channel concat.
+        x = F.interpolate(pixel_values, size=(self.convnext_size,) * 2, mode="bilinear", align_corners=False)
+        cn = self.convnext(pixel_values=x).last_hidden_state  # (N, C2, h, w)
+        cn = F.interpolate(cn, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
+        cn = cn.flatten(2).transpose(1, 2)  # (N, C2, g, g) -> (N, g*g, C2)
+        return torch.cat([feats, cn.to(feats.dtype)], dim=-1)
