@@ -1,0 +1,92 @@
+"""Process groups for the megatron path: start/stop megatron's parallel state, and run a function on N local ranks.
+
+Under ``torchrun`` the world already exists and ``initialize`` only adds megatron's TP/PP/DP groups. Without it,
+``launch`` spawns the ranks itself (NCCL on GPUs, gloo on CPU) so ``convert --tp 2`` works from a plain shell.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+def initialize(tensor_parallel: int = 1, pipeline_parallel: int = 1, *, seed: int = 1234) -> None:
+    """Create megatron's model-parallel groups (and a one-rank world if none exists) and seed the RNG tracker."""
+    from megatron.core import parallel_state, tensor_parallel as mtp
+
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        else:
+            dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl",
+                                    store=dist.HashStore(), rank=0, world_size=1)
+    world = dist.get_world_size()
+    if world % (tensor_parallel * pipeline_parallel):
+        raise ValueError(f"world size {world} is not divisible by tp*pp = {tensor_parallel}*{pipeline_parallel}")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", dist.get_rank() % torch.cuda.device_count())))
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel,
+                                             pipeline_model_parallel_size=pipeline_parallel)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        mtp.model_parallel_cuda_manual_seed(seed)
+    else:
+        # No CUDA RNG to fork on CPU; EAGLE2 uses no dropout, so megatron's stateless tracker is exact.
+        mtp.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+    log.info("megatron parallel state: world=%d tp=%d pp=%d dp=%d", world, tensor_parallel, pipeline_parallel,
+             world // (tensor_parallel * pipeline_parallel))
+
+
+def shutdown() -> None:
+    """Tear down megatron's groups and the process group."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _worker(rank: int, world: int, store_path: str, out_dir: str, fn: Callable[..., Any], args: tuple) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, store=dist.FileStore(store_path, world), rank=rank, world_size=world)
+    try:
+        result = fn(*args)
+        torch.save({"ok": True, "result": result}, Path(out_dir) / f"rank{rank}.pt")
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which re-raises
+        torch.save({"ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()},
+                   Path(out_dir) / f"rank{rank}.pt")
+        raise
+    finally:
+        shutdown()
+
+
+def launch(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
+    """Run ``fn(*args)`` on ``world_size`` spawned local ranks with a process group up; returns every rank's
+    result. ``fn`` must be importable (a module-level function). Raises with the failing rank's traceback."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="nemo_eagle_launch_") as tmp:
+        log.info("spawning %d ranks (%s)", world_size, "nccl" if torch.cuda.is_available() else "gloo")
+        ctx = mp.start_processes(_worker, args=(world_size, str(Path(tmp) / "store"), tmp, fn, args),
+                                 nprocs=world_size, join=False, start_method="spawn")
+        try:
+            while not ctx.join():
+                pass
+        except Exception as e:  # noqa: BLE001 - a rank failed: surface its own traceback
+            reports = [torch.load(p, weights_only=False) for p in sorted(Path(tmp).glob("rank*.pt"))]
+            errors = [r["trace"] for r in reports if not r["ok"]]
+            raise RuntimeError("a spawned rank failed:\n" + ("\n".join(errors) or str(e))) from None
+        return [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=False)["result"] for r in range(world_size)]
