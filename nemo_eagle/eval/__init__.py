@@ -1,0 +1,1 @@
+"""Benchmark evaluation: official metrics, benchmark adapters, predictors (local model or endpoint), reports."""

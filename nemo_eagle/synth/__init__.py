@@ -1,0 +1,1 @@
+"""Synthetic training data from a teacher VLM: generation, filtering, LLaVA/WebDataset export."""
