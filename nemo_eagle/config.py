@@ -323,6 +323,7 @@ def vision_hf_dict(vision: VisionConfig) -> dict[str, Any]:
     d = {k: getattr(vision, k) for k in _VISION_FIELDS}
     d.update(vision.extra)
     d["model_type"] = vision.model_type
+    d.setdefault("vision_use_head", False)  # EAGLE2 never uses SigLIP's pooling head
     if vision.convnext:
         d["convnext_config"] = dict(vision.convnext)
     return d

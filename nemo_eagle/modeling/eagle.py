@@ -41,24 +41,26 @@ class EagleOutput:
     hidden_states: tuple[Tensor, ...] | None = None
 
 
-def build_llm(cfg: EagleConfig, attn_implementation: str) -> nn.Module:
+def build_llm(cfg: EagleConfig, attn_implementation: str, dtype: torch.dtype) -> nn.Module:
     d = llm_hf_dict(cfg.llm)
     model_type = d.pop("model_type")
     hf_cfg = AutoConfig.for_model(model_type, **d)
-    return AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attn_implementation)
+    # NOTE: built in `dtype` by transformers itself, so rotary inv_freq stays float32 as in NVIDIA's code.
+    return AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attn_implementation, dtype=dtype)
 
 
 class EagleModel(nn.Module):
     """The EAGLE2 vision-language model (reference path; runs on CPU and GPU)."""
 
-    def __init__(self, config: EagleConfig, *, attn_implementation: str = "sdpa", kernels: KernelConfig | str | None = None):
+    def __init__(self, config: EagleConfig, *, attn_implementation: str = "sdpa",
+                 kernels: KernelConfig | str | None = None, dtype: torch.dtype = torch.float32):
         super().__init__()
         if attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
         self.config = config
-        self.vision = VisionEncoder(config.vision, attn_implementation)
-        self.projector = Projector(config.vision.output_channels, config.llm.hidden_size, config.projector)
-        self.language_model = build_llm(config, attn_implementation)
+        self.vision = VisionEncoder(config.vision, attn_implementation).to(dtype)
+        self.projector = Projector(config.vision.output_channels, config.llm.hidden_size, config.projector).to(dtype)
+        self.language_model = build_llm(config, attn_implementation, dtype)
         self.merge_impl = reference.merge_embeddings
         self.tokenizer = None  # set by from_pretrained when the checkpoint has tokenizer.json
         self.source_dir: Path | None = None
@@ -93,8 +95,7 @@ class EagleModel(nn.Module):
         if tied != cfg.llm.tie_word_embeddings:
             cfg = cfg.replace(llm={"tie_word_embeddings": tied})
         dtype = _resolve_dtype(dtype, tensors)
-        with _default_dtype(dtype):
-            model = cls(cfg, attn_implementation=attn_implementation)
+        model = cls(cfg, attn_implementation=attn_implementation, dtype=dtype)
         hf_io.load_hf_state_dict(model, tensors, tied=tied)
         if tied:
             model.language_model.tie_weights()
@@ -243,17 +244,3 @@ def _resolve_dtype(dtype: torch.dtype | str | None, tensors: dict[str, Tensor]) 
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(names)}")
         return names[dtype]
     return dtype
-
-
-class _default_dtype:
-    """Build modules directly in the target dtype (no fp32 copy of a 9B model first)."""
-
-    def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
-
-    def __enter__(self):
-        self.prev = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-
-    def __exit__(self, *exc):
-        torch.set_default_dtype(self.prev)
