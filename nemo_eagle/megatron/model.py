@@ -14,6 +14,7 @@ import torch
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.models.common.vision_module.vision_module import VisionModule
 from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.transformer_block import TransformerBlock
@@ -29,6 +30,7 @@ from nemo_eagle.megatron.config import (
     rope_settings,
     vision_transformer_config,
 )
+from nemo_eagle.modeling.projector import Projector
 from nemo_eagle.ops import reference
 
 log = logging.getLogger(__name__)
@@ -71,29 +73,6 @@ class SiglipVisionTransformer(VisionModule):
         return x.transpose(0, 1)  # (T, P, C)
 
 
-class EagleProjector(nn.Module):
-    """``mlp1``: pixel shuffle -> LayerNorm -> Linear -> GELU(erf) -> Linear, replicated on every TP rank.
-
-    The math is the registered op ``project_tokens`` (``use_kernels`` may rebind ``impl`` to a Triton kernel)."""
-
-    op = "project_tokens"
-
-    def __init__(self, cfg: EagleConfig, dtype: torch.dtype) -> None:
-        super().__init__()
-        c, h = cfg.projector_in_features, cfg.llm.hidden_size
-        self.shuffle_factor = cfg.projector.shuffle_factor
-        self.eps = cfg.projector.layer_norm_eps
-        self.norm = nn.LayerNorm(c, eps=self.eps, dtype=dtype)
-        self.fc1 = nn.Linear(c, h, dtype=dtype)
-        self.fc2 = nn.Linear(h, h, dtype=dtype)
-        self.impl = reference.project_tokens
-
-    def forward(self, features: Tensor) -> Tensor:
-        """(T, P, C) -> (T, P / f^2, H)."""
-        return self.impl(features, self.norm.weight, self.norm.bias, self.fc1.weight, self.fc1.bias,
-                         self.fc2.weight, self.fc2.bias, self.shuffle_factor, self.eps)
-
-
 class EagleMegatronModel(MegatronModule):
     """EAGLE2 for tensor/pipeline-parallel training. Build with ``build_model``; weights come from ``bridge``.
 
@@ -114,9 +93,11 @@ class EagleMegatronModel(MegatronModule):
         self.padded_vocab_size = padded_vocab_size(cfg.llm.vocab_size, opts)
         self.image_token_id = cfg.image_token_id
         self.share_embeddings_and_output_weights = cfg.llm.tie_word_embeddings
+        self.model_type = ModelType.encoder_or_decoder  # read by megatron's schedules
         if pre_process:
             self.vision = SiglipVisionTransformer(vision_transformer_config(cfg.vision, opts), cfg.vision, impl)
-            self.projector = EagleProjector(cfg, opts.torch_dtype)
+            # The reference projector module, replicated on every TP rank (it is small).
+            self.projector = Projector(cfg.vision.output_channels, cfg.llm.hidden_size, cfg.projector).to(opts.torch_dtype)
         self.language_model = GPTModel(
             config=llm_config,
             transformer_layer_spec=specs.llm_layer_spec(impl),

@@ -19,10 +19,26 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 
+def require_device() -> None:
+    """megatron-core places buffers with ``torch.cuda.current_device()`` even around CPU tensors (rotary tables,
+    the attention workspace, the checkpoint writer's sync): say so up front instead of failing deep inside it."""
+    if torch.cuda.is_available():
+        return
+    try:
+        torch.cuda.current_device()
+    except Exception:  # noqa: BLE001 - CPU-only torch raises AssertionError here
+        raise RuntimeError(
+            "the megatron path needs a CUDA GPU: megatron-core allocates CUDA buffers even for CPU tensors. "
+            "HF <-> megatron weight mapping without megatron (nemo_eagle.megatron.bridge) works on CPU; "
+            "this project's CPU tests run megatron through a test-only shim"
+        ) from None
+
+
 def initialize(tensor_parallel: int = 1, pipeline_parallel: int = 1, *, seed: int = 1234) -> None:
     """Create megatron's model-parallel groups (and a one-rank world if none exists) and seed the RNG tracker."""
     from megatron.core import parallel_state, tensor_parallel as mtp
 
+    require_device()
     if not dist.is_initialized():
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -22,7 +22,8 @@ def _is_cuda(device) -> bool:
 
 
 class _CudaToCpu(TorchFunctionMode):
-    """Rewrites CUDA device arguments of tensor factories and ``.to``/``.cuda`` calls to the CPU."""
+    """Rewrites CUDA device arguments of tensor factories and ``.to``/``.cuda`` calls to the CPU, and reports CPU
+    tensors' ``.type()`` under the CUDA names megatron's optimizer checks for."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
@@ -32,7 +33,11 @@ class _CudaToCpu(TorchFunctionMode):
             return args[0]
         if func is torch.Tensor.to and args[1:] and _is_cuda(args[1]):
             args = (args[0], "cpu", *args[2:])
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs and isinstance(out, str):
+            # the distributed optimizer accepts only "torch.cuda.*Tensor" type names
+            return out.replace("torch.", "torch.cuda.", 1)
+        return out
 
 
 @contextlib.contextmanager
