@@ -91,10 +91,11 @@ def load_image(source: ImageInput, *, name: str | None = None, max_pixels: int |
     try:
         img = ImageOps.exif_transpose(img) or img
         rgb = to_rgb(img)
-        arr = np.asarray(rgb, dtype=np.uint8)
+        arr = np.array(rgb, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name}: image data is corrupt or truncated ({e})") from e
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+    # (H, W, 3) -> (3, H, W) as a channels-last view: torch's uint8 antialiased resize is fastest on it
+    return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 def _check_tensor(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -102,7 +103,7 @@ def _check_tensor(t: torch.Tensor, name: str) -> torch.Tensor:
         raise ImageError(f"{name}: tensor images must be uint8 (3, H, W) RGB, got {tuple(t.shape)} {t.dtype}")
     if t.shape[1] == 0 or t.shape[2] == 0:
         raise ImageError(f"{name}: image has no pixels ({t.shape[2]}x{t.shape[1]})")
-    return t.contiguous()
+    return t
 
 
 def describe(source: Any) -> str:
