@@ -46,6 +46,8 @@ def _open(source: ImageInput, name: str) -> Image.Image:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as e:
         raise ImageError(f"{name}: not an image (PIL cannot identify the format)") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name}: image data is corrupt or truncated ({e})") from e
     return img
 
 
