@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -107,6 +107,3 @@ def _check_tensor(t: torch.Tensor, name: str) -> torch.Tensor:
         raise ImageError(f"{name}: image has no pixels ({t.shape[2]}x{t.shape[1]})")
     return t
 
-
-def describe(source: Any) -> str:
-    return str(source) if isinstance(source, (str, Path)) else type(source).__name__

@@ -170,7 +170,7 @@ class EagleProcessor:
     def preprocess_images(self, images: Sequence[ImageInput], *, max_tiles: int | None = None,
                           max_image_tokens: int | None = None) -> tuple[torch.Tensor, list[TilePlan]]:
         """Load, plan and tile ``images``; with ``max_image_tokens`` the plans shrink to fit that budget together."""
-        tensors = [load_image(img, name=f"image {i}") for i, img in enumerate(images)]
+        tensors = [load_image(img, name=_image_name(img, i)) for i, img in enumerate(images)]
         if max_image_tokens is not None:
             t = self.tiling
             limit = max_tiles or t.max_tiles
@@ -289,3 +289,10 @@ class EagleProcessor:
             "image_token": IMG_CONTEXT, "processor_class": "Eagle2_5_VLProcessor",
             "tokens_per_tile": self.tokens_per_tile, "video_placeholder": "video", "video_token": IMG_CONTEXT}, indent=2))
         self.tokenizer.backend.save(str(out / "tokenizer.json"))
+
+
+def _image_name(image: Any, index: int) -> str:
+    """How errors name an image: its path when it has one, else its position."""
+    if isinstance(image, (str, Path)) and not str(image).startswith("data:"):
+        return f"image {index} ({image})"
+    return f"image {index}"
