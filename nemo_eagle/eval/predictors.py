@@ -1,0 +1,107 @@
+"""Predictors: the model in process (``EagleModel`` + ``EagleProcessor``) or an OpenAI-compatible endpoint.
+
+Both take the same already-prepared images (RGB, upscaled by the caller), the same text and the same tile
+limit, and decode greedily, so the two give the same answers for the same weights. The endpoint gets images
+as lossless PNG data URLs and the tile limit in the extra body field ``max_tiles``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+class Predictor(Protocol):
+    def predict(self, prompt: str, images: list[Image.Image], *, max_tiles: int, max_new_tokens: int) -> str: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def user_message_parts(prompt: str, num_images: int) -> list[dict[str, Any]]:
+    return [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": prompt}]
+
+
+class LocalPredictor:
+    """Greedy generation with the checkpoint at ``path`` in this process."""
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", dtype: str = "float32"):
+        import torch
+
+        from nemo_eagle import EagleModel, EagleProcessor
+
+        self.path = str(path)
+        self.device = device
+        self.dtype = dtype
+        self.processor = EagleProcessor.from_pretrained(path)
+        self.model = EagleModel.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+        self._torch = torch
+
+    def predict(self, prompt: str, images: list[Image.Image], *, max_tiles: int, max_new_tokens: int) -> str:
+        messages = [{"role": "user", "content": user_message_parts(prompt, len(images))}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        batch = self.processor(text=text, images=images, max_tiles=max_tiles, return_tensors="pt")
+        batch = batch.to(self.device, getattr(self._torch, self.dtype))
+        with self._torch.inference_mode():
+            ids = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        return self.processor.decode(ids[0]).strip()
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "model", "path": self.path, "dtype": self.dtype}
+
+
+def png_data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class EndpointPredictor:
+    """``POST {url}/chat/completions`` with temperature 0 and ``max_tiles``; retries 429/503 a few times."""
+
+    def __init__(self, url: str, *, model: str | None = None, api_key: str | None = None, timeout: float = 300.0,
+                 max_retries: int = 4, client: Any = None):
+        import httpx
+
+        from nemo_eagle.synth.teacher import chat_completions_url
+
+        self.url = chat_completions_url(url)
+        self.max_retries = max_retries
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = client or httpx.Client(timeout=timeout, headers=headers)
+        self.model = model or self._first_model(url)
+
+    def _first_model(self, url: str) -> str:
+        models_url = self.url[: -len("/chat/completions")] + "/models"
+        try:
+            resp = self.client.get(models_url)
+            resp.raise_for_status()
+            return resp.json()["data"][0]["id"]
+        except Exception as e:  # any failure: a server without /v1/models still answers chat requests
+            log.info("could not list models at %s (%s); sending model 'eagle2'", models_url, e)
+            return "eagle2"
+
+    def predict(self, prompt: str, images: list[Image.Image], *, max_tiles: int, max_new_tokens: int) -> str:
+        parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": png_data_url(im)}} for im in images]
+        parts.append({"type": "text", "text": prompt})
+        body = {"model": self.model, "messages": [{"role": "user", "content": parts}], "max_tokens": max_new_tokens,
+                "temperature": 0.0, "max_tiles": max_tiles}
+        for attempt in range(self.max_retries + 1):
+            resp = self.client.post(self.url, json=body)
+            if resp.status_code in (429, 503) and attempt < self.max_retries:
+                time.sleep(min(30.0, 0.5 * 2**attempt))
+                continue
+            if resp.status_code != 200:
+                raise RuntimeError(f"endpoint {self.url} answered HTTP {resp.status_code}: {resp.text[:300]}")
+            return (resp.json()["choices"][0]["message"]["content"] or "").strip()
+        raise AssertionError("unreachable")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "endpoint", "url": self.url, "model": self.model}
