@@ -1,0 +1,305 @@
+"""``create_app(settings, backend)``: the OpenAI-compatible FastAPI front of API.md.
+
+All state lives on ``app.state.serve`` (a ``ServeState``); nothing is module-global, so tests build as many
+apps as they like. Every error, including schema violations and unknown routes, has OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nemo_eagle import __version__
+from nemo_eagle.serve.backends import Backend, BackendError
+from nemo_eagle.serve.engine import Engine, EngineError
+from nemo_eagle.serve.media import ImageFetcher
+from nemo_eagle.serve.metrics import ServeMetrics
+from nemo_eagle.serve.schema import ErrorBody, ErrorResponse, HealthResponse, ModelCard, ModelList
+from nemo_eagle.serve.settings import ServeSettings
+
+log = logging.getLogger("nemo_eagle.serve")
+
+API_VERSION = "1.0.0"
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
+               422: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable"}
+OPEN_ROUTES = ("/v1/health/live", "/v1/health/ready", "/v1/metrics")
+
+
+@dataclass
+class ServeState:
+    settings: ServeSettings
+    backend: Backend
+    engine: Engine
+    fetcher: ImageFetcher
+    metrics: ServeMetrics = field(default_factory=ServeMetrics)
+    embedder: Any = None
+    triton_metrics_url: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+    draining: bool = False
+    in_flight: int = 0  # HTTP requests being served
+    active_jobs: int = 0  # generation jobs submitted to the backend and not finished
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model_name
+
+
+def error_response(status: int, message: str, *, code: str | None = None, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ErrorBody(message=message, type=ERROR_TYPES.get(status, "server_error"),
+                                         param=param, code=code))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class FrontMiddleware:
+    """Pure ASGI: caps the request body (413), counts requests and times them to the last response byte."""
+
+    def __init__(self, app: Any, state_getter: Any):
+        self.app, self.state_getter = app, state_getter
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        st: ServeState = self.state_getter()
+        limit = st.settings.max_request_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            st.metrics.rejected.labels("payload_too_large").inc()
+            resp = error_response(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes",
+                                  code="payload_too_large")
+            return await resp(scope, receive, send)
+        seen = 0
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+            return message
+
+        start, status = time.perf_counter(), 500
+        st.in_flight += 1
+        st.metrics.in_flight.inc()
+
+        async def timed_send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, timed_send)
+        finally:
+            st.in_flight -= 1
+            st.metrics.in_flight.dec()
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            st.metrics.requests.labels(route, str(status)).inc()
+            st.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str, str | None]:
+    errors = exc.errors()
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            detail = (e.get("ctx") or {}).get("error", "")
+            return 400, f"malformed JSON body{': ' + str(detail) if detail else ''}", None
+    parts, param = [], None
+    for e in errors[:5]:
+        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        param = param or (".".join(loc) or None)
+        parts.append(f"{'.'.join(loc) or 'body'}: {e.get('msg')}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return 422, "invalid request: " + "; ".join(parts) + more, param
+
+
+def require_api_key(request: Request) -> None:
+    st: ServeState = request.app.state.serve
+    key = st.settings.api_key
+    if key is None:
+        return
+    auth = request.headers.get("authorization", "")
+    scheme, _, given = auth.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise EngineError("missing API key: send 'Authorization: Bearer <key>'", status=401, code="missing_api_key")
+    if not secrets.compare_digest(given.strip().encode(), key.get_secret_value().encode()):
+        raise EngineError("invalid API key", status=401, code="invalid_api_key")
+
+
+def create_app(settings: ServeSettings, backend: Backend, *, engine: Engine | None = None,
+               embedder: Any = None, triton_metrics_url: str | None = None) -> FastAPI:
+    """The REST app over ``backend``. ``engine`` (tokenizer + tiling, no weights needed) is loaded from
+    ``settings.model_path`` when not given."""
+    if engine is None:
+        engine = getattr(backend, "engine", None) or Engine.from_pretrained(
+            settings.model_path, load_model=False, max_model_len=settings.max_model_len)
+    state = ServeState(settings=settings, backend=backend, engine=engine, fetcher=ImageFetcher(settings),
+                       embedder=embedder, triton_metrics_url=triton_metrics_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await backend.start()
+        log.info("serving %r (%s backend, context %d tokens)", state.model_name, backend.name, engine.max_model_len)
+        try:
+            yield
+        finally:
+            state.draining = True
+            await backend.close()
+            await state.fetcher.aclose()
+
+    app = FastAPI(title="nemo_eagle", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.serve = state
+    app.add_middleware(FrontMiddleware, state_getter=lambda: app.state.serve)
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(request: Request, exc: EngineError):
+        state.metrics.rejected.labels(exc.code).inc()
+        return error_response(exc.status, exc.message, code=exc.code, param=exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        status, message, param = _validation_message(exc)
+        state.metrics.rejected.labels("invalid_json" if status == 400 else "schema").inc()
+        return error_response(status, message, code="invalid_json" if status == 400 else "invalid_schema", param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+        return error_response(exc.status_code, message, code="not_found" if exc.status_code == 404 else None)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge):
+        state.metrics.rejected.labels("payload_too_large").inc()
+        return error_response(413, str(exc), code="payload_too_large")
+
+    @app.exception_handler(BackendError)
+    async def _backend(request: Request, exc: BackendError):
+        log.error("backend failure on %s: %s", request.url.path, exc)
+        return error_response(503, f"the model backend failed: {exc}", code="backend_error")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(500, f"internal error ({type(exc).__name__})", code="internal_error")
+
+    app.include_router(_open_routes())
+    app.include_router(_model_routes(), dependencies=[Depends(require_api_key)])
+    from nemo_eagle.serve.chat import router as chat_router
+    from nemo_eagle.serve.retrieval import router as retrieval_router
+
+    app.include_router(chat_router, dependencies=[Depends(require_api_key)])
+    app.include_router(retrieval_router, dependencies=[Depends(require_api_key)])
+    return app
+
+
+def _state(request: Request) -> ServeState:
+    return request.app.state.serve
+
+
+def _open_routes() -> APIRouter:
+    r = APIRouter()
+
+    @r.get("/v1/health/live")
+    async def live() -> HealthResponse:
+        return HealthResponse(message="Service is live.")
+
+    @r.get("/v1/health/ready", responses={503: {"model": ErrorResponse}})
+    async def ready(request: Request):
+        st = _state(request)
+        if st.draining:
+            return error_response(503, "Service is shutting down.", code="draining")
+        if not await st.backend.is_ready():
+            return error_response(503, "Service is not ready: the model is not loaded yet.", code="not_ready")
+        return HealthResponse(message="Service is ready.")
+
+    @r.get("/v1/metrics")
+    async def metrics(request: Request) -> Response:
+        st = _state(request)
+        body = st.metrics.render()
+        if st.triton_metrics_url:
+            body += await _fetch_triton_metrics(st.triton_metrics_url)
+        return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return r
+
+
+async def _fetch_triton_metrics(url: str) -> bytes:
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            resp = await client.get(url)
+        return b"# Triton Inference Server metrics\n" + resp.content
+    except httpx.HTTPError as e:
+        return f"# Triton metrics unavailable: {type(e).__name__}\n".encode()
+
+
+def _model_routes() -> APIRouter:
+    r = APIRouter()
+
+    @r.get("/v1/models")
+    async def models(request: Request) -> ModelList:
+        st = _state(request)
+        return ModelList(data=[ModelCard(id=st.model_name, created=st.created, root=st.settings.model_path or "",
+                                         max_model_len=st.engine.max_model_len)])
+
+    @r.get("/v1/metadata")
+    async def metadata(request: Request) -> dict[str, Any]:
+        st = _state(request)
+        t = st.engine.processor.tiling
+        return {
+            "object": "metadata", "version": __version__, "api_version": API_VERSION,
+            "modelInfo": [{"shortName": st.model_name, "modelUrl": st.settings.model_path}],
+            "max_model_len": st.engine.max_model_len,
+            "tiling": {"tile_size": t.tile_size, "min_tiles": t.min_tiles, "max_tiles": t.max_tiles,
+                       "max_tiles_per_request": st.settings.max_tiles or t.max_tiles, "use_thumbnail": t.use_thumbnail,
+                       "tokens_per_tile": st.engine.processor.tokens_per_tile},
+            "limits": {k: getattr(st.settings, k) for k in ("max_request_bytes", "max_image_bytes", "max_image_pixels",
+                                                            "max_images_per_request", "max_concurrent_requests")},
+            "backend": st.backend.info(),
+            "embeddings": st.embedder is not None,
+        }
+
+    @r.get("/v1/version")
+    async def version(request: Request) -> dict[str, Any]:
+        info = _state(request).backend.info()
+        return {"release": __version__, "api": API_VERSION, "triton": info.get("triton_version")}
+
+    @r.get("/v1/license")
+    async def license_(request: Request) -> dict[str, Any]:
+        st = _state(request)
+        path = st.settings.license_path or _checkpoint_license(st)
+        text = path.read_text(errors="replace") if path is not None and path.is_file() else (
+            "nemo_eagle is licensed under Apache-2.0. The model weights are covered by the license on their model "
+            "card; this checkpoint ships no LICENSE file.")
+        return {"object": "license", "name": path.name if path is not None and path.is_file() else "Apache-2.0",
+                "text": text}
+
+    return r
+
+
+def _checkpoint_license(st: ServeState) -> Path | None:
+    model_path = st.settings.model_path
+    if not model_path or not Path(model_path).is_dir():
+        return None
+    for name in ("LICENSE", "LICENSE.txt", "LICENSE.md", "license.txt"):
+        if (Path(model_path) / name).is_file():
+            return Path(model_path) / name
+    return None
+

@@ -1,0 +1,326 @@
+"""Where generation runs, behind one small protocol: ``TritonBackend`` (a tritonserver process, over gRPC
+streaming), ``LocalBackend`` (the model in this process, with the same batching idea) and ``FakeBackend``
+(canned answers for schema and error tests).
+
+``stream(job)`` yields ``GenerationEvent``s until one carries a ``finish_reason``; closing the iterator early
+(client gone) cancels the job wherever it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import queue
+import threading
+from typing import Any, AsyncIterator, Protocol, runtime_checkable
+
+import numpy as np
+
+from nemo_eagle.serve.engine import Engine, EngineError, GenerationEvent, GenerationJob
+
+log = logging.getLogger(__name__)
+
+TRITON_MODEL_NAME = "eagle"
+INPUT_REQUEST, INPUT_IMAGES, OUTPUT_EVENT = "REQUEST", "IMAGES", "EVENT"
+
+
+class BackendError(RuntimeError):
+    """The backend failed for a reason that is not the client's (answered with 5xx)."""
+
+
+def _task_result(payload: dict[str, Any]) -> dict[str, Any]:
+    """A task's result, or the client error the engine reported for it, raised as ``EngineError``."""
+    if payload.get("finish_reason") == "error":
+        err = dict(payload.get("error") or {})
+        raise EngineError(err.pop("message", "request failed"), **err)
+    return payload
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def is_ready(self) -> bool: ...
+
+    def stream(self, job: GenerationJob) -> AsyncIterator[GenerationEvent]: ...
+
+    async def call(self, task: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+# ------------------------------------------------------------------------------------------------ Triton
+class TritonBackend:
+    """Speaks to the decoupled ``eagle`` model of a running tritonserver with ``tritonclient.grpc.aio``."""
+
+    name = "triton"
+
+    def __init__(self, grpc_url: str, *, model_name: str = TRITON_MODEL_NAME, server: Any = None):
+        self.grpc_url, self.model_name, self.server = grpc_url, model_name, server
+        self.client = None
+        self.server_version: str | None = None
+
+    async def start(self) -> None:
+        import tritonclient.grpc.aio as grpcclient
+
+        self.client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            meta = await self.client.get_server_metadata(as_json=True)
+            self.server_version = meta.get("version")
+        except Exception as e:  # noqa: BLE001 - readiness reports it; metadata is informational
+            log.warning("could not read Triton server metadata from %s: %s", self.grpc_url, e)
+
+    async def is_ready(self) -> bool:
+        if self.client is None or (self.server is not None and not self.server.is_alive()):
+            return False
+        try:
+            return bool(await self.client.is_model_ready(self.model_name))
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+
+    def _inputs(self, job: GenerationJob) -> list[Any]:
+        from tritonclient.grpc import InferInput
+
+        req = InferInput(INPUT_REQUEST, [1, 1], "BYTES")
+        req.set_data_from_numpy(np.array([[job.header()]], dtype=np.object_))
+        inputs = [req]
+        if job.images:
+            imgs = InferInput(INPUT_IMAGES, [1, len(job.images)], "BYTES")
+            imgs.set_data_from_numpy(np.array([job.images], dtype=np.object_))
+            inputs.append(imgs)
+        return inputs
+
+    async def stream(self, job: GenerationJob) -> AsyncIterator[GenerationEvent]:
+        if self.client is None:
+            raise BackendError("Triton backend not started")
+        inputs = self._inputs(job)
+
+        async def requests():
+            yield {"model_name": self.model_name, "inputs": inputs, "request_id": job.request_id}
+
+        responses = self.client.stream_infer(requests())
+        finished = False
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise BackendError(f"Triton: {error}")
+                event = GenerationEvent.from_json(result.as_numpy(OUTPUT_EVENT).reshape(-1)[0])
+                finished = event.finish_reason is not None
+                yield event
+                if finished:
+                    return
+            raise BackendError("Triton closed the stream before the answer was complete")
+        finally:
+            if not finished:  # client went away (or we failed): Triton marks the request cancelled
+                responses.cancel()
+
+    async def call(self, task: dict[str, Any]) -> dict[str, Any]:
+        """A one-response task (embeddings, ranking) through the same model and batcher."""
+        from tritonclient.grpc import InferInput
+
+        if self.client is None:
+            raise BackendError("Triton backend not started")
+        req = InferInput(INPUT_REQUEST, [1, 1], "BYTES")
+        req.set_data_from_numpy(np.array([[json.dumps(task).encode()]], dtype=np.object_))
+
+        async def requests():
+            yield {"model_name": self.model_name, "inputs": [req]}
+
+        responses = self.client.stream_infer(requests())
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise BackendError(f"Triton: {error}")
+                return _task_result(json.loads(result.as_numpy(OUTPUT_EVENT).reshape(-1)[0]))
+        finally:
+            responses.cancel()
+        raise BackendError("Triton closed the stream without an answer")
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.name, "triton_version": self.server_version, "triton_model": self.model_name,
+                "grpc_url": self.grpc_url}
+
+
+# ------------------------------------------------------------------------------------------------- local
+class _LocalRequest:
+    def __init__(self, job: GenerationJob | dict[str, Any], loop: asyncio.AbstractEventLoop):
+        self.job, self.loop = job, loop
+        self.events: asyncio.Queue[GenerationEvent | dict | BaseException] = asyncio.Queue()
+        self.cancelled = False
+
+    def put(self, item: GenerationEvent | dict | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+
+class LocalBackend:
+    """The engine in this process: one worker thread takes whatever jobs are waiting (up to ``max_batch_size``)
+    and decodes them as one batch, the way Triton's dynamic batcher feeds the Triton model."""
+
+    name = "local"
+
+    def __init__(self, engine: Engine, *, max_batch_size: int = 16):
+        self.engine, self.max_batch_size = engine, max_batch_size
+        self.pending: queue.Queue[_LocalRequest | None] = queue.Queue()
+        self.worker: threading.Thread | None = None
+        self.batch_sizes: list[int] = []
+
+    async def start(self) -> None:
+        self.worker = threading.Thread(target=self._loop, name="eagle-local-engine", daemon=True)
+        self.worker.start()
+
+    async def is_ready(self) -> bool:
+        return self.worker is not None and self.worker.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            first = self.pending.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch_size:
+                try:
+                    item = self.pending.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.pending.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            for task in [r for r in batch if isinstance(r.job, dict)]:
+                try:
+                    task.put(self.engine.run_task(task.job))
+                except EngineError as e:
+                    task.put(e)
+                except Exception as e:  # noqa: BLE001
+                    log.exception("local engine failed on a %s task", task.job.get("task"))
+                    task.put(BackendError(f"{type(e).__name__}: {e}"))
+            batch = [r for r in batch if not r.cancelled and not isinstance(r.job, dict)]
+            if not batch:
+                continue
+            self.batch_sizes.append(len(batch))
+            try:
+                for i, event in self.engine.run_batch([r.job for r in batch], lambda i: batch[i].cancelled):
+                    batch[i].put(event)
+            except Exception as e:  # noqa: BLE001 - report to every waiting request, keep serving
+                log.exception("local engine failed on a batch of %d", len(batch))
+                for r in batch:
+                    r.put(BackendError(f"generation failed: {type(e).__name__}: {e}"))
+
+    async def stream(self, job: GenerationJob) -> AsyncIterator[GenerationEvent]:
+        req = _LocalRequest(job, asyncio.get_running_loop())
+        self.pending.put(req)
+        finished = False
+        try:
+            while True:
+                item = await req.events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finish_reason is not None
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                req.cancelled = True
+
+    async def call(self, task: dict[str, Any]) -> dict[str, Any]:
+        req = _LocalRequest(task, asyncio.get_running_loop())
+        self.pending.put(req)
+        item = await req.events.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def close(self) -> None:
+        if self.worker is not None:
+            self.pending.put(None)
+            await asyncio.to_thread(self.worker.join)
+            self.worker = None
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.name, "max_batch_size": self.max_batch_size}
+
+
+# -------------------------------------------------------------------------------------------------- fake
+class FakeBackend:
+    """Deterministic stand-in for tests: answers ``"echo: <last user text>"`` one word per event.
+
+    ``max_new_tokens`` counts words, a stop string cuts the text, and ``fail_with`` makes every job fail with
+    that error dict (as the engine reports client errors).
+    """
+
+    name = "fake"
+
+    def __init__(self, *, ready: bool = True, fail_with: dict[str, Any] | None = None, delay: float = 0.0):
+        self.ready, self.fail_with, self.delay = ready, fail_with, delay
+        self.jobs: list[GenerationJob] = []
+        self.cancelled: list[str] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def is_ready(self) -> bool:
+        return self.ready
+
+    async def stream(self, job: GenerationJob) -> AsyncIterator[GenerationEvent]:
+        self.jobs.append(job)
+        if self.fail_with is not None:
+            yield GenerationEvent(finish_reason="error", error=self.fail_with)
+            return
+        last = job.prompt.rsplit("<|im_start|>user\n", 1)[-1].split("<|im_end|>", 1)[0]
+        words = ("echo: " + last).split(" ")
+        text, done = "", False
+        try:
+            for k, word in enumerate(words):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                candidate = text + (word if k == 0 else " " + word)
+                hits = [candidate.index(s) for s in job.stop if s in candidate]
+                if hits:
+                    done = True
+                    yield GenerationEvent(text=candidate[len(text):min(hits)], completion_tokens=k + 1,
+                                          finish_reason="stop", batch_size=1 if k == 0 else None)
+                    return
+                piece, text = candidate[len(text):], candidate
+                finish = "stop" if k == len(words) - 1 else "length" if k + 1 >= job.max_new_tokens else None
+                done = finish is not None
+                yield GenerationEvent(text=piece, completion_tokens=k + 1, finish_reason=finish,
+                                      batch_size=1 if k == 0 else None)
+                if done:
+                    return
+        finally:
+            if not done:
+                self.cancelled.append(job.request_id)
+
+    async def call(self, task: dict[str, Any]) -> dict[str, Any]:
+        """Embeddings: an 8-d unit vector hashed from the text; ranking: shared-word counts as logits."""
+        if self.fail_with is not None:
+            return _task_result({"finish_reason": "error", "error": self.fail_with})
+        if task["task"] == "embed":
+            vecs = []
+            for text in task["input"]:
+                v = np.frombuffer(hashlib.sha256(text.encode()).digest()[:32], dtype=np.uint8)[:8].astype(np.float32)
+                v = v[: task.get("dimensions") or 8]
+                vecs.append((v / np.linalg.norm(v)).tolist())
+            return {"embeddings": vecs, "num_tokens": [len(t.split()) for t in task["input"]]}
+        query = set(task["query"].lower().split())
+        logits = [float(len(query & set(p.lower().split()))) for p in task["passages"]]
+        order = sorted(range(len(logits)), key=lambda i: -logits[i])
+        return {"rankings": [{"index": i, "logit": logits[i]} for i in order]}
+
+    async def close(self) -> None:
+        pass
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.name}

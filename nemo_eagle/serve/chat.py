@@ -1,0 +1,322 @@
+"""``POST /v1/chat/completions``: OpenAI request -> checked images + planned prompt -> backend jobs ->
+a ``chat.completion`` or an SSE stream of ``chat.completion.chunk``s.
+
+Errors found before generation (bad images, too many of them, prompt too long) are answered with a 4xx
+before any byte of a stream is sent; a client that disconnects cancels its jobs in the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from nemo_eagle.serve.app import ServeState, error_response
+from nemo_eagle.serve.engine import EngineError, GenerationEvent, GenerationJob, RequestPlan
+from nemo_eagle.serve.media import FetchedImage
+from nemo_eagle.serve.schema import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessage,
+    ChunkChoice,
+    Choice,
+    Delta,
+    ErrorResponse,
+    ImagePart,
+    Usage,
+)
+
+log = logging.getLogger("nemo_eagle.serve")
+router = APIRouter()
+
+
+@dataclass
+class ChoiceState:
+    text: str = ""
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
+@dataclass
+class Completion:
+    """What the backend answered for all ``n`` jobs of one request."""
+
+    prompt_tokens: int
+    tiling: list[dict[str, Any]]
+    choices: list[ChoiceState] = field(default_factory=list)
+
+    @property
+    def usage(self) -> Usage:
+        completion = sum(c.completion_tokens for c in self.choices)
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion,
+                     total_tokens=self.prompt_tokens + completion)
+
+
+# ---------------------------------------------------------------------------------------------- request
+async def collect_images(st: ServeState, messages: list[ChatMessage]) -> tuple[list[dict], list[FetchedImage]]:
+    """Messages in the processor's part format, and the checked images in prompt order."""
+    urls: list[tuple[str, str]] = []
+    converted = []
+    for i, m in enumerate(messages):
+        if isinstance(m.content, str):
+            converted.append({"role": m.role, "content": m.content})
+            continue
+        parts = []
+        for j, p in enumerate(m.content):
+            if isinstance(p, ImagePart):
+                if m.role != "user":
+                    raise EngineError(f"messages[{i}]: images are only accepted in user messages",
+                                      param=f"messages.{i}.content.{j}")
+                urls.append((p.image_url.url, f"messages[{i}].content[{j}]"))
+                parts.append({"type": "image"})
+            else:
+                parts.append({"type": "text", "text": p.text})
+        converted.append({"role": m.role, "content": parts})
+    limit = st.settings.max_images_per_request
+    if len(urls) > limit:
+        raise EngineError(f"{len(urls)} images in one request; this server accepts at most {limit}",
+                          code="too_many_images", param="messages")
+    images = await asyncio.gather(*(st.fetcher.fetch(url, name=name) for url, name in urls))
+    return converted, list(images)
+
+
+def plan_request(st: ServeState, req: ChatCompletionRequest, messages: list[dict],
+                 images: list[FetchedImage]) -> RequestPlan:
+    prompt = st.engine.render(messages)
+    return st.engine.plan(prompt, [(im.width, im.height) for im in images], max_tiles=req.max_tiles,
+                          max_new_tokens=req.completion_limit, default_max_tokens=st.settings.default_max_tokens,
+                          max_tiles_cap=st.settings.max_tiles)
+
+
+def make_jobs(req: ChatCompletionRequest, plan: RequestPlan, images: list[FetchedImage], cid: str) -> list[GenerationJob]:
+    return [GenerationJob(request_id=f"{cid}-{i}", prompt=plan.prompt, max_tiles=plan.max_tiles,
+                          max_new_tokens=plan.max_new_tokens, temperature=req.temperature or 0.0,
+                          top_p=req.top_p or 1.0, seed=None if req.seed is None else req.seed + i,
+                          stop=list(req.stop or []), images=[im.data for im in images]) for i in range(req.n)]
+
+
+# ------------------------------------------------------------------------------------------------ route
+@router.post("/v1/chat/completions", responses={k: {"model": ErrorResponse} for k in (400, 401, 404, 413, 422, 429)})
+async def chat_completions(req: ChatCompletionRequest, request: Request):
+    st: ServeState = request.app.state.serve
+    started = time.perf_counter()
+    if req.model != st.model_name:
+        raise EngineError(f"model {req.model!r} does not exist; this server serves {st.model_name!r}", status=404,
+                          code="model_not_found", param="model")
+    if st.draining:
+        return error_response(503, "the server is shutting down", code="draining")
+    if st.active_jobs >= st.settings.max_concurrent_requests:
+        return error_response(429, f"too many requests in flight (limit {st.settings.max_concurrent_requests}); "
+                              "retry later", code="overloaded", headers={"Retry-After": "1"})
+    if req.ignored_fields:
+        log.debug("ignoring unsupported fields %s", req.ignored_fields)
+    messages, images = await collect_images(st, req.messages)
+    plan = plan_request(st, req, messages, images)
+    cid = f"chatcmpl-{uuid.uuid4().hex}"
+    jobs = make_jobs(req, plan, images, cid)
+    st.metrics.images.inc(len(images))
+    if any(p.reduced for p in plan.plans):
+        st.metrics.tiling_reduced.inc()
+    streams = [_tracked(st, job) for job in jobs]
+    # The first event of every job carries the real prompt size, or the error: answer 4xx before streaming.
+    firsts = await _first_events(streams)
+    for ev in firsts:
+        if ev.finish_reason == "error":
+            await _close_all(streams)
+            err = ev.error or {}
+            raise EngineError(err.get("message", "generation failed"), status=int(err.get("status", 400)),
+                              code=err.get("code"), param=err.get("param"))
+    completion = Completion(prompt_tokens=firsts[0].prompt_tokens or plan.prompt_tokens,
+                            tiling=firsts[0].tiling if firsts[0].tiling is not None else plan.tiling)
+    st.metrics.image_tiles.inc(sum(t["num_tiles"] for t in completion.tiling))
+    st.metrics.prompt_tokens.inc(completion.prompt_tokens)
+    if req.stream:
+        body = _sse(st, req, cid, streams, firsts, completion, started)
+        return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    await _until_disconnect(request, _collect(st, streams, firsts, completion), streams)
+    _log_request(st, cid, plan, completion, started)
+    return ChatCompletion(id=cid, model=st.model_name, usage=completion.usage, tiling=completion.tiling, choices=[
+        Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)
+        for i, c in enumerate(completion.choices)])
+
+
+# -------------------------------------------------------------------------------------------- streaming
+async def _tracked(st: ServeState, job: GenerationJob) -> AsyncIterator[GenerationEvent]:
+    """The backend's event stream for one job, with queue-depth, batch-size and cancellation metrics."""
+    st.metrics.queue_depth.inc()
+    st.active_jobs += 1
+    finished = False
+    try:
+        async with aclosing(st.backend.stream(job)) as events:
+            async for ev in events:
+                if ev.batch_size:
+                    st.metrics.batch_size.observe(ev.batch_size)
+                finished = ev.finish_reason is not None
+                yield ev
+    finally:
+        st.metrics.queue_depth.dec()
+        st.active_jobs -= 1
+        if not finished:
+            st.metrics.cancelled.inc()
+
+
+async def _first_events(streams: list[AsyncIterator[GenerationEvent]]) -> list[GenerationEvent]:
+    tasks = [asyncio.ensure_future(anext(s)) for s in streams]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await _close_all(streams)
+        raise
+
+
+async def _close_all(streams: list[AsyncIterator[GenerationEvent]]) -> None:
+    for s in streams:
+        await s.aclose()
+
+
+def _apply(choice: ChoiceState, ev: GenerationEvent) -> None:
+    choice.text += ev.text
+    choice.completion_tokens = max(choice.completion_tokens, ev.completion_tokens)
+    if ev.finish_reason is not None:
+        choice.finish_reason = ev.finish_reason
+
+
+async def _merged(streams: list[AsyncIterator[GenerationEvent]]) -> AsyncIterator[tuple[int, GenerationEvent]]:
+    """Events of several jobs as they arrive, tagged with the job index."""
+    queue: asyncio.Queue[tuple[int, GenerationEvent | BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, s: AsyncIterator[GenerationEvent]) -> None:
+        try:
+            async for ev in s:
+                queue.put_nowait((i, ev))
+            queue.put_nowait((i, None))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            queue.put_nowait((i, e))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    open_ = len(streams)
+    try:
+        while open_:
+            i, item = await queue.get()
+            if item is None:
+                open_ -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await _close_all(streams)
+
+
+def _raise_if_error(ev: GenerationEvent) -> None:
+    if ev.finish_reason == "error":
+        from nemo_eagle.serve.backends import BackendError
+
+        raise BackendError((ev.error or {}).get("message", "generation failed"))
+
+
+async def _collect(st: ServeState, streams: list, firsts: list[GenerationEvent], completion: Completion) -> None:
+    completion.choices = [ChoiceState() for _ in streams]
+    for c, ev in zip(completion.choices, firsts):
+        _apply(c, ev)
+    live = [s for s, ev in zip(streams, firsts) if ev.finish_reason is None]
+    index = [i for i, ev in enumerate(firsts) if ev.finish_reason is None]
+    async for k, ev in _merged(live):
+        _raise_if_error(ev)
+        _apply(completion.choices[index[k]], ev)
+    st.metrics.completion_tokens.inc(completion.usage.completion_tokens)
+
+
+async def _until_disconnect(request: Request, work: Any, streams: list) -> None:
+    """Run ``work``; if the client disconnects first, cancel it (which cancels the backend jobs)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                log.info("client disconnected; cancelling %d job(s)", len(streams))
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await _close_all(streams)
+                raise asyncio.CancelledError("client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+def _chunk(cid: str, created: int, model: str, choices: list[ChunkChoice], **extra: Any) -> bytes:
+    c = ChatCompletionChunk(id=cid, created=created, model=model, choices=choices, **extra)
+    return b"data: " + c.model_dump_json(exclude_none=True).encode() + b"\n\n"
+
+
+async def _sse(st: ServeState, req: ChatCompletionRequest, cid: str, streams: list, firsts: list[GenerationEvent],
+               completion: Completion, started: float) -> AsyncIterator[bytes]:
+    created, model = int(time.time()), st.model_name
+    completion.choices = [ChoiceState() for _ in streams]
+    first_text = True
+    try:
+        for i in range(len(streams)):
+            extra = {"tiling": completion.tiling} if i == 0 else {}
+            yield _chunk(cid, created, model, [ChunkChoice(index=i, delta=Delta(role="assistant", content=""))], **extra)
+
+        def piece(i: int, ev: GenerationEvent) -> bytes | None:
+            nonlocal first_text
+            _apply(completion.choices[i], ev)
+            if ev.text and first_text:
+                first_text = False
+                st.metrics.ttft.observe(time.perf_counter() - started)
+            reason = ev.finish_reason if ev.finish_reason in ("stop", "length") else None
+            if not ev.text and reason is None:
+                return None
+            return _chunk(cid, created, model, [ChunkChoice(index=i, delta=Delta(content=ev.text or None),
+                                                            finish_reason=reason)])
+
+        for i, ev in enumerate(firsts):
+            if (out := piece(i, ev)) is not None:
+                yield out
+        live = [s for s, ev in zip(streams, firsts) if ev.finish_reason is None]
+        index = [i for i, ev in enumerate(firsts) if ev.finish_reason is None]
+        async for k, ev in _merged(live):
+            if ev.finish_reason == "error":
+                err = {"error": {"message": (ev.error or {}).get("message", "generation failed"),
+                                 "type": "server_error", "code": (ev.error or {}).get("code")}}
+                yield b"data: " + json.dumps(err).encode() + b"\n\n"
+                break
+            if (out := piece(index[k], ev)) is not None:
+                yield out
+        if req.stream_options is not None and req.stream_options.include_usage:
+            yield _chunk(cid, created, model, [], usage=completion.usage)
+        yield b"data: [DONE]\n\n"
+        st.metrics.completion_tokens.inc(completion.usage.completion_tokens)
+        _log_request(st, cid, None, completion, started)
+    finally:
+        await _close_all(streams)
+
+
+def _log_request(st: ServeState, cid: str, plan: RequestPlan | None, completion: Completion, started: float) -> None:
+    if st.settings.disable_log_requests:
+        return
+    tiles = ", ".join(f"{t['width']}x{t['height']}->{t['grid'][0]}x{t['grid'][1]}/{t['num_tiles']}t"
+                      + (f" (reduced from max_tiles={t['requested_max_tiles']})" if t.get("reduced") else "")
+                      for t in completion.tiling) or "none"
+    log.info("%s prompt_tokens=%d completion_tokens=%d finish=%s images=[%s] %.3fs", cid, completion.prompt_tokens,
+             completion.usage.completion_tokens, ",".join(str(c.finish_reason) for c in completion.choices), tiles,
+             time.perf_counter() - started)

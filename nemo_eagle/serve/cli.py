@@ -1,0 +1,129 @@
+"""``nemo-eagle serve``: start tritonserver with the Eagle model, then the OpenAI-compatible REST front.
+
+SIGTERM / Ctrl-C: readiness turns 503, the REST server stops accepting connections and lets in-flight requests
+finish (up to ``--drain-timeout``), then Triton is stopped the same way. Runs as ``python -m`` too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+from nemo_eagle.serve.settings import ServeSettings, settings_from_argv
+
+log = logging.getLogger("nemo_eagle.serve")
+
+
+class JsonLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+               "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(settings: ServeSettings) -> None:
+    level = logging.DEBUG if settings.log_level == "TRACE" else getattr(logging, settings.log_level)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLineFormatter() if settings.jsonl_logging else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler._nemo_eagle = True  # type: ignore[attr-defined]
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_nemo_eagle", False)] + [handler]
+    root.setLevel(level)
+
+
+def _uvicorn_server(app, settings: ServeSettings):
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """Marks the app as draining (ready -> 503, new chat requests -> 503) the moment a signal arrives."""
+
+        def handle_exit(self, sig, frame):  # noqa: ANN001 - uvicorn's signature
+            if not app.state.serve.draining:
+                log.info("signal %s: draining in-flight requests (up to %.0fs)", sig, settings.drain_timeout)
+            app.state.serve.draining = True
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.server_port, log_config=None,
+                            log_level="trace" if settings.log_level == "TRACE" else settings.log_level.lower(),
+                            timeout_graceful_shutdown=int(settings.drain_timeout) or None,
+                            access_log=not settings.disable_log_requests)
+    return DrainingServer(config)
+
+
+def _after_drain(sig: int, frame) -> None:  # noqa: ANN001 - signal handler signature
+    log.debug("signal %s after the REST server stopped; continuing shutdown", sig)
+
+
+def run(settings: ServeSettings) -> int:
+    from nemo_eagle.hub import resolve_checkpoint
+    from nemo_eagle.serve.app import create_app
+    from nemo_eagle.serve.backends import LocalBackend, TritonBackend
+    from nemo_eagle.serve.engine import Engine
+
+    if not settings.model_path:
+        log.error("no model: pass --model PATH_OR_HF_ID or set NIM_MODEL_PATH")
+        return 2
+    if settings.cache_path is not None:
+        os.environ["NIM_CACHE_PATH"] = str(settings.cache_path)
+    try:
+        local = resolve_checkpoint(settings.model_path.removeprefix("hf://"))
+    except FileNotFoundError as e:
+        log.error("%s", e)
+        return 2
+    triton = None
+    t0 = time.perf_counter()
+    try:
+        if settings.backend == "triton":
+            from nemo_eagle.serve.triton import TritonServer
+
+            triton = TritonServer(settings, str(local))
+            triton.start()
+            engine = Engine.from_pretrained(local, load_model=False, max_model_len=settings.max_model_len)
+            triton.wait_ready()
+            backend = TritonBackend(triton.grpc_url, server=triton)
+        else:
+            engine = Engine.from_pretrained(local, device=settings.device, dtype=settings.dtype,
+                                            max_model_len=settings.max_model_len)
+            backend = LocalBackend(engine, max_batch_size=settings.triton_max_batch_size)
+        app = create_app(settings, backend, engine=engine,
+                         triton_metrics_url=triton.metrics_url if triton is not None else None)
+        if settings.enable_otel:
+            from nemo_eagle.serve.telemetry import instrument
+
+            instrument(app)
+        server = _uvicorn_server(app, settings)
+        # uvicorn re-raises the signal it drained for once it returns; with these handlers in place that lands
+        # here instead of killing the process, so Triton below is still stopped cleanly.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _after_drain)
+        log.info("model loaded in %.1fs; REST API on http://%s:%d/v1 (model id %r)", time.perf_counter() - t0,
+                 settings.host, settings.server_port, settings.model_name)
+        server.run()
+        return 0
+    except RuntimeError as e:
+        log.error("%s", e)
+        return 1
+    finally:
+        if triton is not None:
+            triton.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = settings_from_argv(list(sys.argv[1:] if argv is None else argv))
+    except ValueError as e:  # pydantic ValidationError is a ValueError
+        print(f"nemo-eagle serve: invalid settings:\n{e}", file=sys.stderr)
+        return 2
+    setup_logging(settings)
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Serving settings: one pydantic-settings model read from ``NIM_*`` environment variables and CLI flags.
+
+The flag set of ``nemo-eagle serve`` is generated from the fields below (name, help, type), so an option is
+declared exactly once. Precedence: command line > environment > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from nemo_eagle.data.images import DEFAULT_MAX_PIXELS
+
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _flags(*names: str) -> dict[str, Any]:
+    """Extra CLI spellings of a field (besides ``--field-name``)."""
+    return {"cli_flags": list(names)}
+
+
+class ServeSettings(BaseSettings):
+    """Everything ``nemo-eagle serve`` can be told. Environment names are ``NIM_<FIELD>`` (API.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="NIM_", extra="forbid", validate_default=True)
+
+    # --- model ----------------------------------------------------------------------------------------
+    model_path: str | None = Field(None, description="HF checkpoint directory, hub id or hf://id of the model to serve",
+                                   json_schema_extra=_flags("--model"))
+    served_model_name: str | None = Field(None, description="model id in the API (default: the checkpoint's name)")
+    max_model_len: int | None = Field(None, ge=16, description="context length in tokens (default: the model's "
+                                      "max_position_embeddings); prompts that would exceed it get fewer tiles")
+    cache_path: Path | None = Field(None, description="where hub downloads are cached (container: /opt/nim/.cache)")
+    device: str | None = Field(None, description="cpu | cuda (default: cuda when available)")
+    dtype: str | None = Field(None, description="float32 | bfloat16 | float16 (default: bfloat16 on GPU, float32 on CPU)")
+    max_tiles: int | None = Field(None, ge=1, le=64, description="highest per-image tile limit a request may ask for "
+                                  "(default: the checkpoint's max_dynamic_tiles)")
+    default_max_tokens: int = Field(512, ge=1, description="completion length when a request gives no max_tokens")
+    license_path: Path | None = Field(None, description="file served by /v1/license (default: LICENSE in the checkpoint)")
+
+    # --- REST front -----------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="address the REST API binds to (container: 0.0.0.0)")
+    server_port: int = Field(8000, ge=0, le=65535, description="REST port (0 = pick a free one)",
+                             json_schema_extra=_flags("--port"))
+    api_key: SecretStr | None = Field(None, description="require 'Authorization: Bearer KEY' on /v1 routes "
+                                      "(health and metrics stay open)")
+    backend: Literal["triton", "local"] = Field("triton", description="triton: a tritonserver process hosts the "
+                                                "model; local: the model runs inside the REST process")
+    log_level: Literal[LOG_LEVELS] = Field("INFO", description="TRACE | DEBUG | INFO | WARNING | ERROR")  # type: ignore[valid-type]
+    jsonl_logging: bool = Field(False, description="log one JSON object per line")
+    disable_log_requests: bool = Field(False, description="do not log one line per request")
+    enable_otel: bool = Field(False, description="export OpenTelemetry traces to OTEL_EXPORTER_OTLP_ENDPOINT")
+    drain_timeout: float = Field(30.0, ge=0, description="seconds SIGTERM waits for in-flight requests")
+
+    # --- limits (each violation is a 4xx, never a crash) ---------------------------------------------
+    max_request_bytes: int = Field(32 * 2**20, ge=1024, description="largest request body (413 above)")
+    max_image_bytes: int = Field(16 * 2**20, ge=1, description="largest encoded image (413 above)")
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest width*height of an image; "
+                                  "refuses decompression bombs before decoding (413 above)")
+    max_images_per_request: int = Field(16, ge=0, description="most images in one request (400 above)")
+    max_concurrent_requests: int = Field(256, ge=1, description="requests in flight before answering 429")
+    allowed_image_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated hosts (or *.domain, or *) whose http(s) image URLs "
+        "may be fetched; empty: only data: URLs")
+    allow_private_image_urls: bool = Field(False, description="allow image URLs that resolve to private, "
+                                           "loopback or link-local addresses")
+    image_fetch_timeout: float = Field(10.0, gt=0, description="seconds to fetch one image URL")
+
+    # --- Triton Inference Server ----------------------------------------------------------------------
+    triton_address: str = Field("127.0.0.1", description="address Triton's gRPC and metrics ports bind to")
+    triton_grpc_port: int = Field(8001, ge=0, le=65535, description="Triton gRPC port (0 = pick a free one)")
+    triton_http_port: int = Field(8080, ge=0, le=65535, description="Triton HTTP port, internal (0 = free one)")
+    triton_metrics_port: int = Field(8002, ge=0, le=65535, description="Triton metrics port (0 = free one)")
+    triton_max_batch_size: int = Field(16, ge=1, description="largest batch Triton's dynamic batcher forms")
+    triton_dynamic_batching_max_queue_delay_microseconds: int = Field(
+        100, ge=0, description="how long Triton waits to fill a batch")
+    triton_startup_timeout: float = Field(600.0, gt=0, description="seconds to wait for the model to load")
+    triton_log_verbose: int = Field(0, ge=0, description="tritonserver --log-verbose level")
+    triton_workspace: Path | None = Field(None, description="where the Triton model repository is written "
+                                          "(default: a temporary directory)")
+
+    @field_validator("allowed_image_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [h.strip().lower() for h in v.split(",") if h.strip()]
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @property
+    def model_name(self) -> str:
+        """The id clients pass as ``model``."""
+        if self.served_model_name:
+            return self.served_model_name
+        if not self.model_path:
+            return "eagle2"
+        name = self.model_path.removeprefix("hf://").rstrip("/")
+        return name if "/" in name and not Path(name).exists() else Path(name).name
+
+
+# ------------------------------------------------------------------------------------------- CLI flags
+def _field_flags(name: str, info: Any) -> list[str]:
+    extra = info.json_schema_extra or {}
+    return [f"--{name.replace('_', '-')}", *extra.get("cli_flags", [])]
+
+
+def add_settings_args(parser: argparse.ArgumentParser) -> None:
+    """One flag per settings field; defaults are suppressed so only flags actually given override the env."""
+    for name, info in ServeSettings.model_fields.items():
+        flags = _field_flags(name, info)
+        env = f"NIM_{name.upper()}"
+        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": f"{info.description} [env {env}]"}
+        if info.annotation is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        parser.add_argument(*flags, **kw)
+
+
+def settings_from_argv(argv: list[str], prog: str = "nemo-eagle serve") -> ServeSettings:
+    parser = argparse.ArgumentParser(prog=prog, description="Serve an Eagle2 model: OpenAI-compatible REST in front "
+                                     "of Triton Inference Server. Every flag also reads NIM_<NAME> from the environment.")
+    add_settings_args(parser)
+    ns = parser.parse_args(argv)
+    return ServeSettings(**vars(ns))

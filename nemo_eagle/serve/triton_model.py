@@ -1,0 +1,111 @@
+"""The Triton Python-backend model: decoupled (one response per text piece), dynamically batched, over
+``serve.engine.Engine``. The model repository's ``model.py`` only re-exports ``TritonPythonModel`` from here.
+
+Inputs: ``REQUEST`` (BYTES [1]: a JSON job header) and optional ``IMAGES`` (BYTES [-1], ragged: encoded
+image files). Output: ``EVENT`` (BYTES [1]: a JSON ``GenerationEvent``, or an embedding/ranking result).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+
+from nemo_eagle.serve.engine import Engine, EngineError, GenerationEvent, GenerationJob
+
+log = logging.getLogger("nemo_eagle.serve.triton_model")
+
+BATCH_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
+
+
+def model_params(args: dict[str, Any]) -> dict[str, str]:
+    config = json.loads(args["model_config"])
+    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, Any]) -> None:
+        import triton_python_backend_utils as pb  # only importable inside the Triton stub
+
+        self.pb = pb
+        params = model_params(args)
+        level = params.get("log_level", "INFO").upper()
+        logging.basicConfig(level=getattr(logging, "DEBUG" if level == "TRACE" else level, logging.INFO),
+                            format="%(asctime)s %(levelname)s %(name)s [triton]: %(message)s")
+        self.engine = Engine.from_pretrained(params["model_path"], device=params.get("device") or None,
+                                             dtype=params.get("dtype") or None,
+                                             max_model_len=int(params.get("max_model_len") or 0) or None)
+        labels = {"model": args["model_name"]}
+        family = pb.MetricFamily
+        self.families = [
+            family("nemo_eagle_triton_batch_size", "jobs per execute() of the Eagle model", family.HISTOGRAM),
+            family("nemo_eagle_triton_generated_tokens", "tokens generated inside Triton", family.COUNTER),
+            family("nemo_eagle_triton_cancelled", "jobs stopped early because the client cancelled", family.COUNTER),
+            family("nemo_eagle_triton_image_tiles", "image tiles encoded inside Triton", family.COUNTER),
+        ]
+        self.m_batch = self.families[0].Metric(labels=labels, buckets=BATCH_BUCKETS)
+        self.m_tokens, self.m_cancelled, self.m_tiles = (f.Metric(labels=labels) for f in self.families[1:])
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _event(self, payload: bytes) -> Any:
+        out = self.pb.Tensor("EVENT", np.array([[payload]], dtype=np.object_))
+        return self.pb.InferenceResponse(output_tensors=[out])
+
+    def _read(self, request: Any) -> tuple[dict[str, Any], list[bytes]]:
+        header = self.pb.get_input_tensor_by_name(request, "REQUEST").as_numpy().reshape(-1)[0]
+        images = self.pb.get_input_tensor_by_name(request, "IMAGES")
+        data = [] if images is None else [bytes(x) for x in images.as_numpy().reshape(-1)]
+        return json.loads(header), data
+
+    # ------------------------------------------------------------------------------------------ execute
+    def execute(self, requests: list[Any]) -> None:
+        pb, final = self.pb, self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        senders = [r.get_response_sender() for r in requests]
+        done = [False] * len(requests)
+        jobs, owner = [], []
+        for k, request in enumerate(requests):
+            try:
+                header, images = self._read(request)
+                if header.get("task") in ("embed", "rank"):
+                    payload = json.dumps(self.engine.run_task(header)).encode()
+                else:
+                    jobs.append(GenerationJob(**header, images=images))
+                    owner.append(k)
+                    continue
+            except EngineError as e:
+                payload = GenerationEvent(finish_reason="error", error=e.to_dict()).to_json()
+            except (ValueError, TypeError, KeyError) as e:
+                err = EngineError(f"malformed request to the Triton model: {e}")
+                payload = GenerationEvent(finish_reason="error", error=err.to_dict()).to_json()
+            senders[k].send(self._event(payload), flags=final)
+            done[k] = True
+        if jobs:
+            self.m_batch.observe(float(len(jobs)))
+        try:
+            for i, ev in self.engine.run_batch(jobs, lambda i: requests[owner[i]].is_cancelled()):
+                k = owner[i]
+                if ev.tiling:
+                    self.m_tiles.increment(float(sum(t["num_tiles"] for t in ev.tiling)))
+                if ev.finish_reason is None:
+                    senders[k].send(self._event(ev.to_json()))
+                    continue
+                self.m_tokens.increment(float(ev.completion_tokens))
+                if ev.finish_reason == "cancelled":
+                    self.m_cancelled.increment(1.0)
+                    senders[k].send(flags=final)
+                else:
+                    senders[k].send(self._event(ev.to_json()), flags=final)
+                done[k] = True
+        except Exception as e:  # noqa: BLE001 - fail the batch's requests, keep the model alive
+            log.exception("generation failed for a batch of %d", len(jobs))
+            for k, sender in enumerate(senders):
+                if not done[k]:
+                    sender.send(pb.InferenceResponse(error=pb.TritonError(f"generation failed: {type(e).__name__}: "
+                                                                          f"{e}")), flags=final)
+                    done[k] = True
+        return None
+
+    def finalize(self) -> None:
+        log.info("Eagle model unloading")
