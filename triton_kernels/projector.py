@@ -27,41 +27,50 @@ _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat
 
 # ----------------------------------------------------------------------------------------------- kernels
 @triton.jit
-def _shuffled_offsets(rows, ks, tokens, grid_side, channels, factor, stride_n, stride_p, stride_c):
-    """Source offsets (BLOCK_M, BLOCK_K) of shuffled rows ``rows`` and channels ``ks`` in the (N, P, C) features.
-
-    Row m = (image n, token t = a * (side/f) + b); channel k = (r * f + c) * C + ch reads patch (f*a + r, f*b + c).
-    The offset splits into a per-row part plus a per-channel part.
-    """
+def _row_offsets(rows, tokens, grid_side, factor, stride_n, stride_p):
+    """Offset of channel 0 of shuffled row m = (image n, token t = a * (side/f) + b): patch (f*a, f*b) of image n."""
     out_side = grid_side // factor
     n = rows // tokens
     t = rows - n * tokens
     a = t // out_side
     b = t - a * out_side
-    row_off = n.to(tl.int64) * stride_n + ((factor * a * grid_side + factor * b).to(tl.int64)) * stride_p
-    rc = ks // channels
-    ch = ks - rc * channels
+    return n.to(tl.int64) * stride_n + (factor * a * grid_side + factor * b).to(tl.int64) * stride_p
+
+
+@triton.jit
+def _col_offsets(k0, K, channels, grid_side, factor, stride_p, stride_c, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr):
+    """Offsets (relative to the row's) of shuffled channels k0 .. k0+BLOCK_K-1; k = (r * f + c) * C + ch reads
+    channel ch of patch (f*a + r, f*b + c). ALIGNED (C % BLOCK_K == 0): the block lies in one (r, c) group, so the
+    divisions are scalar instead of per element."""
+    if ALIGNED:
+        rc = k0 // channels
+        ch = k0 - rc * channels + tl.arange(0, BLOCK_K)
+    else:
+        ks = k0 + tl.arange(0, BLOCK_K)
+        rc = ks // channels
+        ch = ks - rc * channels
     r = rc // factor
     c = rc - r * factor
-    col_off = ((r * grid_side + c).to(tl.int64)) * stride_p + ch.to(tl.int64) * stride_c
-    return row_off[:, None] + col_off[None, :]
+    return (r * grid_side + c).to(tl.int64) * stride_p + ch.to(tl.int64) * stride_c
 
 
 @triton.jit
 def _row_stats_kernel(
     x_ptr, mean_ptr, rstd_ptr,
     M, K, tokens, grid_side, channels, factor, stride_n, stride_p, stride_c, eps,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """Mean and 1/sqrt(var + eps) of every shuffled row, one pass (Chan's merge of per-block mean and M2)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
+    row_off = _row_offsets(rows, tokens, grid_side, factor, stride_n, stride_p)
     mean = tl.zeros((BLOCK_M,), tl.float32)
     m2 = tl.zeros((BLOCK_M,), tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         ok = row_ok[:, None] & (ks < K)[None, :]
-        offs = _shuffled_offsets(rows, ks, tokens, grid_side, channels, factor, stride_n, stride_p, stride_c)
+        offs = row_off[:, None] + _col_offsets(k0, K, channels, grid_side, factor, stride_p, stride_c,
+                                               BLOCK_K, ALIGNED)[None, :]
         x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         seen = k0 * 1.0  # every block before this one is full
         n_blk = tl.minimum(K - k0, BLOCK_K) * 1.0
@@ -82,7 +91,7 @@ def _ln_linear_gelu_kernel(
     x_ptr, mean_ptr, rstd_ptr, g_ptr, beta_ptr, w_ptr, bias_ptr, h_ptr, z_ptr,
     M, N, K, tokens, grid_side, channels, factor, stride_n, stride_p, stride_c,
     stride_wn, stride_wk,
-    STORE_PRE: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+    STORE_PRE: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """h = GELU(LayerNorm(shuffle(x)) @ W^T + bias), optionally also z = the pre-activation (for backward)."""
@@ -101,13 +110,15 @@ def _ln_linear_gelu_kernel(
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < M
     col_ok = cols < N
+    row_off = _row_offsets(rows, tokens, grid_side, factor, stride_n, stride_p)
     mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
     rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
-        offs = _shuffled_offsets(rows, ks, tokens, grid_side, channels, factor, stride_n, stride_p, stride_c)
+        offs = row_off[:, None] + _col_offsets(k0, K, channels, grid_side, factor, stride_p, stride_c,
+                                               BLOCK_K, ALIGNED)[None, :]
         x = tl.load(x_ptr + offs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         g = tl.load(g_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
         beta = tl.load(beta_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
@@ -135,15 +146,18 @@ def _ln_linear_gelu_kernel(
 def _shuffle_ln_kernel(
     x_ptr, mean_ptr, rstd_ptr, g_ptr, beta_ptr, y_ptr,
     M, K, tokens, grid_side, channels, factor, stride_n, stride_p, stride_c,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """y (M, K) = LayerNorm(shuffle(x)) in the input dtype: the GEMM's A operand, materialised for backward."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    k0 = tl.program_id(1) * BLOCK_K
+    ks = k0 + tl.arange(0, BLOCK_K)
+    row_off = _row_offsets(rows, tokens, grid_side, factor, stride_n, stride_p)
     row_ok = rows < M
     k_ok = ks < K
     ok = row_ok[:, None] & k_ok[None, :]
-    offs = _shuffled_offsets(rows, ks, tokens, grid_side, channels, factor, stride_n, stride_p, stride_c)
+    offs = row_off[:, None] + _col_offsets(k0, K, channels, grid_side, factor, stride_p, stride_c, BLOCK_K,
+                                           ALIGNED)[None, :]
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
     rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
@@ -158,7 +172,7 @@ def _ln_backward_unshuffle_kernel(
     x_ptr, mean_ptr, rstd_ptr, g_ptr, dy_ptr, dx_ptr, dg_part_ptr, db_part_ptr,
     M, K, tokens, grid_side, channels, factor, stride_n, stride_p, stride_c,
     dx_stride_n, dx_stride_p, dx_stride_c,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """LayerNorm backward of BLOCK_M shuffled rows, written back through the inverse shuffle.
 
@@ -168,6 +182,8 @@ def _ln_backward_unshuffle_kernel(
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
+    row_off = _row_offsets(rows, tokens, grid_side, factor, stride_n, stride_p)
+    dx_row_off = _row_offsets(rows, tokens, grid_side, factor, dx_stride_n, dx_stride_p)
     mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
     rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
     sum_dxhat = tl.zeros((BLOCK_M,), tl.float32)
@@ -176,7 +192,8 @@ def _ln_backward_unshuffle_kernel(
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
         ok = row_ok[:, None] & k_ok[None, :]
-        offs = _shuffled_offsets(rows, ks, tokens, grid_side, channels, factor, stride_n, stride_p, stride_c)
+        offs = row_off[:, None] + _col_offsets(k0, K, channels, grid_side, factor, stride_p, stride_c,
+                                               BLOCK_K, ALIGNED)[None, :]
         x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         xhat = (x - mean[:, None]) * rstd[:, None]
         dy = tl.load(dy_ptr + rows[:, None].to(tl.int64) * K + ks[None, :], mask=ok, other=0.0).to(tl.float32)
@@ -190,14 +207,15 @@ def _ln_backward_unshuffle_kernel(
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
         ok = row_ok[:, None] & k_ok[None, :]
-        offs = _shuffled_offsets(rows, ks, tokens, grid_side, channels, factor, stride_n, stride_p, stride_c)
+        offs = row_off[:, None] + _col_offsets(k0, K, channels, grid_side, factor, stride_p, stride_c,
+                                               BLOCK_K, ALIGNED)[None, :]
         x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         xhat = (x - mean[:, None]) * rstd[:, None]
         dy = tl.load(dy_ptr + rows[:, None].to(tl.int64) * K + ks[None, :], mask=ok, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
         dx = rstd[:, None] * (dy * g[None, :] - c_mean[:, None] - xhat * c_proj[:, None])
-        dx_offs = _shuffled_offsets(rows, ks, tokens, grid_side, channels, factor,
-                                    dx_stride_n, dx_stride_p, dx_stride_c)
+        dx_offs = dx_row_off[:, None] + _col_offsets(k0, K, channels, grid_side, factor, dx_stride_p, dx_stride_c,
+                                                     BLOCK_K, ALIGNED)[None, :]
         tl.store(dx_ptr + dx_offs, dx.to(dx_ptr.dtype.element_ty), mask=ok)
         tl.store(dg_part_ptr + pid * K + ks, tl.sum(tl.where(ok, dy * xhat, 0.0), axis=0), mask=k_ok)
         tl.store(db_part_ptr + pid * K + ks, tl.sum(dy, axis=0), mask=k_ok)
@@ -212,23 +230,28 @@ def _geometry(features: Tensor, factor: int) -> tuple[int, int, int, int, int]:
     return n * tokens, factor * factor * c, tokens, side, c
 
 
-def _gemm_blocks(interpreted: bool, dtype: torch.dtype) -> dict:
+def _gemm_blocks(interpreted: bool, dtype: torch.dtype, channels: int) -> dict:
     if interpreted:
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8)
-    if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+        blocks = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8)
+    elif dtype == torch.float32:
+        blocks = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
+    else:
+        blocks = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+    return dict(blocks, ALIGNED=channels % blocks["BLOCK_K"] == 0)
 
 
-def _row_blocks(interpreted: bool) -> dict:
-    return dict(BLOCK_M=32, BLOCK_K=64) if interpreted else dict(BLOCK_M=16, BLOCK_K=128)
+def _row_blocks(interpreted: bool, channels: int) -> dict:
+    """Blocks of the row-wise kernels: the widest power-of-two BLOCK_K (16..128) dividing C, else the generic path."""
+    widest = 64 if interpreted else 128
+    block_k = next((b for b in (128, 64, 32, 16) if b <= widest and channels % b == 0), None)
+    return dict(BLOCK_M=32 if interpreted else 16, BLOCK_K=block_k or widest, ALIGNED=block_k is not None)
 
 
 def _stats(features: Tensor, factor: int, eps: float) -> tuple[Tensor, Tensor]:
     m, k, tokens, side, c = _geometry(features, factor)
     mean = torch.empty(m, dtype=torch.float32, device=features.device)
     rstd = torch.empty(m, dtype=torch.float32, device=features.device)
-    blocks = _row_blocks(features.device.type == "cpu")
+    blocks = _row_blocks(features.device.type == "cpu", c)
     _row_stats_kernel[(triton.cdiv(m, blocks["BLOCK_M"]),)](
         features, mean, rstd, m, k, tokens, side, c, factor, *features.stride(), eps, **blocks,
     )
@@ -248,7 +271,7 @@ def project_tokens_fwd(
     h = torch.empty((m, hidden), dtype=features.dtype, device=features.device)
     z = torch.empty((m, hidden) if keep_for_backward else (0, hidden), dtype=features.dtype, device=features.device)
     interpreted = features.device.type == "cpu"
-    blocks = _gemm_blocks(interpreted, features.dtype)
+    blocks = _gemm_blocks(interpreted, features.dtype, c)
     grid = (triton.cdiv(m, blocks["BLOCK_M"]) * triton.cdiv(hidden, blocks["BLOCK_N"]),)
     _ln_linear_gelu_kernel[grid](
         features, mean, rstd, ln_weight, ln_bias, w1, b1, h, z if keep_for_backward else h,
@@ -275,7 +298,7 @@ def project_tokens_bwd(
     dz = torch.ops.aten.gelu_backward(dy @ w2, z)
     grad_b1 = dz.sum(0, dtype=torch.float32).to(w1.dtype)
     # the normalised rows (GEMM A operand), rebuilt from the features with the same gather
-    rows = _row_blocks(interpreted)
+    rows = _row_blocks(interpreted, c)
     xln = torch.empty((m, k), dtype=features.dtype, device=features.device)
     _shuffle_ln_kernel[(triton.cdiv(m, rows["BLOCK_M"]), triton.cdiv(k, rows["BLOCK_K"]))](
         features, mean, rstd, ln_weight, ln_bias, xln, m, k, tokens, side, c, shuffle_factor,

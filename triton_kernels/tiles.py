@@ -169,9 +169,11 @@ def _resize_cols_to_tiles_kernel(
 
 
 # ------------------------------------------------------------------------------------------------ launch
-def _blocks(interpreted: bool) -> tuple[int, int]:
-    # NOTE: the interpreter runs each program as numpy; fewer, larger programs are much faster there.
-    return (4, 128) if not interpreted else (64, 128)
+def _blocks(interpreted: bool) -> tuple[int, int, int, int]:
+    """(rows, cols) of the horizontal pass's blocks, then (rows, cols) of the vertical pass's blocks."""
+    if interpreted:  # the interpreter runs each program as numpy: fewer, larger programs are much faster there
+        return 64, 128, 32, 32
+    return 8, 64, 16, 64  # 64 divides 448 and 512, the real tile sizes: no masked-off lanes
 
 
 def _resize_into_tiles(image: Tensor, out: Tensor, lut: Tensor, rows: int, cols: int, tile_size: int, first_tile: int) -> None:
@@ -179,7 +181,7 @@ def _resize_into_tiles(image: Tensor, out: Tensor, lut: Tensor, rows: int, cols:
     _, height, width = image.shape
     out_h, out_w = rows * tile_size, cols * tile_size
     interpreted = image.device.type == "cpu"
-    block_r, block_w = _blocks(interpreted)
+    block_r, block_w, block_y, block_x = _blocks(interpreted)
     if out_w != width:
         h_table, h_prec, h_taps = _device_table(width, out_w, image.device)
         buf = torch.empty((3, height, out_w), dtype=torch.uint8, device=image.device)
@@ -191,11 +193,10 @@ def _resize_into_tiles(image: Tensor, out: Tensor, lut: Tensor, rows: int, cols:
     else:  # torch skips a pass whose size does not change; read the image (any strides) directly
         buf = image
     v_table, v_prec, v_taps = _device_table(height, out_h, image.device)
-    block = 32
-    grid = (rows * cols * 3, triton.cdiv(tile_size, block), triton.cdiv(tile_size, block))
+    grid = (rows * cols * 3, triton.cdiv(tile_size, block_y), triton.cdiv(tile_size, block_x))
     _resize_cols_to_tiles_kernel[grid](
         buf, out, v_table, lut, cols, tile_size, first_tile, *buf.stride(),
-        v_taps, v_table.shape[1], v_prec, BLOCK_Y=block, BLOCK_X=block,
+        v_taps, v_table.shape[1], v_prec, BLOCK_Y=block_y, BLOCK_X=block_x,
     )
 
 

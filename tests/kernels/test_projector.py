@@ -33,8 +33,9 @@ def _inputs(n: int, side: int, channels: int, factor: int, hidden: int, out: int
     ]
 
 
-# (images, patch grid side, channels, shuffle factor, hidden, out): odd sizes that leave every block ragged
-SHAPES = [(3, 6, 5, 2, 24, 19), (1, 6, 7, 3, 17, 33), (2, 4, 9, 2, 40, 8)]
+# (images, patch grid side, channels, shuffle factor, hidden, out): odd sizes that leave every block ragged; C = 32
+# and 48 take the kernels' aligned path (a channel block inside one shuffled patch), the odd C the generic one
+SHAPES = [(3, 6, 5, 2, 24, 19), (1, 6, 7, 3, 17, 33), (2, 4, 9, 2, 40, 8), (2, 4, 32, 2, 24, 40), (1, 6, 48, 3, 20, 16)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
