@@ -47,7 +47,7 @@ class BadSampleError(ValueError):
 
     def __init__(self, sample_id: str, reason: str, detail: str, where: str = ""):
         self.sample_id, self.reason, self.detail, self.where = sample_id, reason, detail, where
-        at = f" ({where})" if where else ""
+        at = f" ({where})" if where and where != sample_id else ""
         super().__init__(f"bad sample {sample_id!r}{at}: {detail}")
 
 

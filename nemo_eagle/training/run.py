@@ -1,0 +1,134 @@
+"""``nemo-eagle train``: compose ``conf/train.yaml`` with Hydra overrides, train, leave ``EXP_DIR/model.nemo``.
+
+    nemo-eagle train model.pretrained=nvidia/Eagle2-1B data.train_manifest=data.jsonl exp_dir=runs/sft
+    nemo-eagle train recipe=stage1_projector trainer=8gpu precision=fp8_te ...
+    nemo-eagle train --cfg job ...            # print the composed config and exit
+
+A run resumes from ``EXP_DIR/checkpoints/last.ckpt`` when it exists (``checkpoint.resume=auto``), with the
+data position, optimizer, scheduler and RNG states of that step, so the loss curve continues exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from nemo_eagle.training.config import TrainRun, register_schemas
+
+log = logging.getLogger("nemo_eagle.train")
+
+CONF_DIR = Path(os.environ.get("NEMO_EAGLE_CONF", Path(__file__).resolve().parents[2] / "conf"))
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "train"):
+    """The composed, schema-checked DictConfig of ``conf/<config_name>.yaml`` with ``overrides``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not (CONF_DIR / f"{config_name}.yaml").exists():
+        raise FileNotFoundError(f"no {config_name}.yaml in the config directory {CONF_DIR} (set NEMO_EAGLE_CONF)")
+    register_schemas()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def load_run(overrides: Sequence[str] = (), config_name: str = "train") -> TrainRun:
+    return TrainRun.from_omegaconf(compose(overrides, config_name))
+
+
+def resume_checkpoint(run: TrainRun) -> str | None:
+    r = run.checkpoint.resume
+    if r == "none":
+        return None
+    if r == "auto":
+        last = Path(run.exp_dir) / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    if not Path(r).exists():
+        raise FileNotFoundError(f"checkpoint.resume={r!r}: no such checkpoint")
+    return r
+
+
+@dataclass
+class TrainResult:
+    nemo_path: Path | None
+    trainer: Any
+    model: Any
+
+
+def train(run: TrainRun, *, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Build, fit (resuming when a checkpoint exists) and save ``EXP_DIR/<final_nemo>``."""
+    from lightning.pytorch import seed_everything
+    from omegaconf import OmegaConf
+
+    from nemo_eagle.training.build import build_run
+
+    exp = Path(run.exp_dir)
+    exp.mkdir(parents=True, exist_ok=True)
+    (exp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(run)))
+    seed_everything(run.seed, workers=True, verbose=False)
+    built = build_run(run, callbacks=callbacks)
+    ckpt = resume_checkpoint(run)
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    built.trainer.fit(built.model, ckpt_path=ckpt)
+    out = None
+    if built.trainer.global_rank == 0:
+        out = exp / run.final_nemo
+        built.model.save_to(str(out))
+        log.info("saved %s", out)
+    return TrainResult(nemo_path=out, trainer=built.trainer, model=built.model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="nemo-eagle train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="overrides: Hydra syntax, e.g. model=tiny data.micro_batch_size=4 optim.lr=1e-4")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides (key=value, group=option)")
+    p.add_argument("--config-name", default="train", help="a YAML in conf/ (default: train)")
+    p.add_argument("--cfg", choices=["job"], help="print the composed config and exit")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = compose(args.overrides, args.config_name)
+        if args.cfg:
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(cfg))
+            return 0
+        run = TrainRun.from_omegaconf(cfg)
+        result = train(run)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one clear line, not a stack trace
+        if not _is_user_error(e):
+            raise
+        print(f"nemo-eagle train: error: {_describe(e)}", file=sys.stderr)
+        return 2
+    if result.nemo_path is not None:
+        print(f"trained model: {result.nemo_path}")
+    return 0
+
+
+def _is_user_error(e: Exception) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nemo_eagle.data.datasets import BadSampleError
+    from nemo_eagle.training.precision import PrecisionUnavailable
+
+    return isinstance(e, (HydraException, OmegaConfBaseException, BadSampleError, PrecisionUnavailable,
+                          FileNotFoundError, ValueError, KeyError))
+
+
+def _describe(e: Exception) -> str:
+    msg = str(e).strip().splitlines()
+    text = msg[0] if msg else type(e).__name__
+    cause = e.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f" ({str(cause).splitlines()[0]})"
+    return text
