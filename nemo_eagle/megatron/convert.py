@@ -134,13 +134,13 @@ def _to_hf_rank(src: str, dst: str) -> int:
 
 # ----------------------------------------------------------------------------------------------- verify
 def sample_batch(hf_dir: Path, cfg: EagleConfig) -> dict[str, torch.Tensor]:
-    """One prompt with one synthetic image, through the checkpoint's own processor."""
+    """One prompt with one synthetic 2:1 image (2 tiles + thumbnail), through the checkpoint's own processor."""
     from nemo_eagle.data.processor import EagleProcessor
 
     proc = EagleProcessor.from_pretrained(hf_dir)
     s = cfg.tiling.tile_size
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, s + s // 2), torch.linspace(0, 1, 2 * s), indexing="ij")
-    image = (torch.stack([xx, yy, (xx * yy).sqrt()]) * 255).round().to(torch.uint8)  # (3, 1.5S, 2S) gradient
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, s), torch.linspace(0, 1, 2 * s), indexing="ij")
+    image = (torch.stack([xx, yy, (xx * yy).sqrt()]) * 255).round().to(torch.uint8)  # (3, S, 2S) gradient
     prompt = proc.apply_chat_template([{"role": "user", "content": [
         {"type": "image"}, {"type": "text", "text": "Describe this image in detail."}]}], add_generation_prompt=True)
     batch = proc(text=prompt, images=[image], return_tensors="pt")

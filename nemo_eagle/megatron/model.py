@@ -114,6 +114,10 @@ class EagleMegatronModel(MegatronModule):
     def set_input_tensor(self, input_tensor) -> None:
         self.language_model.set_input_tensor(input_tensor)
 
+    def shared_embedding_or_output_weight(self) -> Tensor:
+        """The tied embedding whose gradient megatron all-reduces between the first and last stage."""
+        return self.language_model.shared_embedding_or_output_weight()
+
     def image_features(self, pixel_values: Tensor) -> Tensor:
         """(T, 3, S, S) -> (T, tokens_per_tile, H): SigLIP, pixel shuffle and projector."""
         return self.projector(self.vision(pixel_values))
