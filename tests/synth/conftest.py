@@ -169,6 +169,11 @@ IMAGE_PLAN = [
 
 
 @pytest.fixture
+def picture_maker():
+    return make_picture
+
+
+@pytest.fixture
 def synth_images(tmp_path: Path) -> tuple[Path, TeacherScript]:
     """11 usable images (one a near-duplicate), a byte-identical copy, an unreadable file; and the script."""
     root = tmp_path / "images"

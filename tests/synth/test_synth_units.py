@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_picture
 from PIL import Image
 
 from nemo_eagle.synth.filters import (FilterConfig, NearDuplicateIndex, answers_agree, check_sample, normalise_text,
@@ -63,7 +62,8 @@ def test_journal_cuts_a_torn_last_line(tmp_path):
 
 
 @pytest.mark.parametrize("hash_fn", [dhash, phash])
-def test_perceptual_hashes_match_near_copies_and_separate_different_images(hash_fn):
+def test_perceptual_hashes_match_near_copies_and_separate_different_images(hash_fn, picture_maker):
+    make_picture = picture_maker
     img = make_picture(11, size=(160, 120))
     px = np.asarray(img, dtype=np.int16)
     brighter = Image.fromarray(np.clip(px + 6, 0, 255).astype(np.uint8))
@@ -134,8 +134,8 @@ def test_rate_limiter_spaces_requests():
     assert asyncio.run(five()) >= 4 / 20.0 - 1e-3  # the 5th start waits 4 intervals
 
 
-def test_image_data_url_and_endpoint_url(tmp_path):
-    img = make_picture(1)
+def test_image_data_url_and_endpoint_url(tmp_path, picture_maker):
+    img = picture_maker(1)
     img.save(tmp_path / "a.bmp")
     url = image_data_url((tmp_path / "a.bmp").read_bytes())
     assert url.startswith("data:image/png;base64,")  # BMP is re-encoded losslessly
