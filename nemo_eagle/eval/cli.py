@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from nemo_eagle.eval.benchmarks import BENCHMARKS, DataError, get_benchmark, load_items
+from nemo_eagle.eval.predictors import EndpointError
 from nemo_eagle.eval.runner import EvalSettings, run_eval
 
 log = logging.getLogger("nemo_eagle.eval")
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, DataError) as e:
         print(f"nemo-eagle eval: {e}", file=sys.stderr)
         return 2
+    except (EndpointError, OSError) as e:  # httpx transport errors are OSError-like; keep what was predicted
+        print(f"nemo-eagle eval: {type(e).__name__}: {e}; predictions so far are kept in {args.out}, rerun to resume",
+              file=sys.stderr)
+        return 1
     score = "n/a" if report["score"] is None else f"{report['score']:.2f}"
     print(f"{bench.name}: {report['metric']} = {score} ({report['num_scored']}/{report['num_questions']} questions)"
           f" -> {args.out / bench.name / 'report.md'}")

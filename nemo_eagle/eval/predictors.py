@@ -19,6 +19,10 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 
+class EndpointError(RuntimeError):
+    """The endpoint could not be reached or refused a request."""
+
+
 class Predictor(Protocol):
     def predict(self, prompt: str, images: list[Image.Image], *, max_tiles: int, max_new_tokens: int) -> str: ...
 
@@ -93,14 +97,22 @@ class EndpointPredictor:
         parts.append({"type": "text", "text": prompt})
         body = {"model": self.model, "messages": [{"role": "user", "content": parts}], "max_tokens": max_new_tokens,
                 "temperature": 0.0, "max_tiles": max_tiles}
+        import httpx
+
         for attempt in range(self.max_retries + 1):
-            resp = self.client.post(self.url, json=body)
+            try:
+                resp = self.client.post(self.url, json=body)
+            except httpx.HTTPError as e:
+                raise EndpointError(f"cannot reach {self.url} ({type(e).__name__}: {e})") from e
             if resp.status_code in (429, 503) and attempt < self.max_retries:
                 time.sleep(min(30.0, 0.5 * 2**attempt))
                 continue
             if resp.status_code != 200:
-                raise RuntimeError(f"endpoint {self.url} answered HTTP {resp.status_code}: {resp.text[:300]}")
-            return (resp.json()["choices"][0]["message"]["content"] or "").strip()
+                raise EndpointError(f"{self.url} answered HTTP {resp.status_code}: {resp.text[:300]}")
+            try:
+                return (resp.json()["choices"][0]["message"]["content"] or "").strip()
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                raise EndpointError(f"{self.url} did not answer with a chat completion: {resp.text[:300]}") from e
         raise AssertionError("unreachable")
 
     def describe(self) -> dict[str, Any]:

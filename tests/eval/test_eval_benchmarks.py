@@ -221,3 +221,11 @@ def test_cli_errors_are_named(tmp_path, eval_files, capsys):
     assert "--limit must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: --model and --endpoint are exclusive
         eval_main(["--benchmark", "docvqa", "--data", "x", "--model", "m", "--endpoint", "e"])
+
+
+def test_unreachable_endpoint_is_reported_and_resumable(eval_files, tmp_path, capsys):
+    rc = eval_main(["--benchmark", "chartqa", "--data", str(eval_files["chartqa"]), "--endpoint",
+                    "http://127.0.0.1:9/v1", "--served-model", "m", "--out", str(tmp_path)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "cannot reach http://127.0.0.1:9/v1/chat/completions" in err and "rerun to resume" in err
