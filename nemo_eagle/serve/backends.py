@@ -9,6 +9,7 @@ streaming), ``LocalBackend`` (the model in this process, with the same batching 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import logging
@@ -173,7 +174,9 @@ class LocalBackend:
         self.engine, self.max_batch_size = engine, max_batch_size
         self.pending: queue.Queue[_LocalRequest | None] = queue.Queue()
         self.worker: threading.Thread | None = None
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
+        # (request_id, (finish_reason, completion_tokens)) of recent jobs, cancelled ones included
+        self.finished: collections.deque[tuple[str, tuple[str, int]]] = collections.deque(maxlen=1000)
 
     async def start(self) -> None:
         self.worker = threading.Thread(target=self._loop, name="eagle-local-engine", daemon=True)
@@ -212,6 +215,8 @@ class LocalBackend:
             try:
                 for i, event in self.engine.run_batch([r.job for r in batch], lambda i: batch[i].cancelled):
                     batch[i].put(event)
+                    if event.finish_reason is not None:
+                        self.finished.append((batch[i].job.request_id, (event.finish_reason, event.completion_tokens)))
             except Exception as e:  # noqa: BLE001 - report to every waiting request, keep serving
                 log.exception("local engine failed on a batch of %d", len(batch))
                 for r in batch:

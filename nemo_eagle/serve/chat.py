@@ -136,8 +136,10 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
             err = ev.error or {}
             raise EngineError(err.get("message", "generation failed"), status=int(err.get("status", 400)),
                               code=err.get("code"), param=err.get("param"))
-    completion = Completion(prompt_tokens=firsts[0].prompt_tokens or plan.prompt_tokens,
-                            tiling=firsts[0].tiling if firsts[0].tiling is not None else plan.tiling)
+    completion = Completion(prompt_tokens=firsts[0].prompt_tokens or plan.prompt_tokens, tiling=plan.tiling)
+    backend_tiles = [t["num_tiles"] for t in firsts[0].tiling or []]
+    if firsts[0].tiling is not None and backend_tiles != [p.num_tiles for p in plan.plans]:
+        log.warning("%s: backend tiled %s but the plan said %s", cid, backend_tiles, [p.num_tiles for p in plan.plans])
     st.metrics.image_tiles.inc(sum(t["num_tiles"] for t in completion.tiling))
     st.metrics.prompt_tokens.inc(completion.prompt_tokens)
     if req.stream:

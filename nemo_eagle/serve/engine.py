@@ -21,6 +21,8 @@ from nemo_eagle.tiling import TilePlan, fit_plans_to_budget
 
 log = logging.getLogger(__name__)
 
+MAX_CHAR_TOKENS = 4  # byte-level tokens one UTF-8 character can span
+
 
 class EngineError(Exception):
     """A request the model cannot serve, with the HTTP status and OpenAI error code the front answers with."""
@@ -118,13 +120,12 @@ class Detokenizer:
         self.ids.append(token_id)
         before = self.tokenizer.decode(self.ids[self.prefix:self.read])
         after = self.tokenizer.decode(self.ids[self.prefix:])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
+        # Wait for the rest of a multi-byte character, but not forever: a UTF-8 character spans at most
+        # MAX_CHAR_TOKENS byte tokens, so after that the bytes are invalid and come out as U+FFFD.
+        if len(after) > len(before) and (not after.endswith("\ufffd") or len(self.ids) - self.read >= MAX_CHAR_TOKENS):
             self.text += after[len(before):]
             self.prefix, self.read = self.read, len(self.ids)
-        for s in self.stop:
-            at = self.text.find(s)
-            if at >= 0:
-                self.text, self.stopped = self.text[:at], True
+        self._find_stop()
         return self._release(final=self.stopped)
 
     def flush(self) -> str:
@@ -133,7 +134,13 @@ class Detokenizer:
             before = self.tokenizer.decode(self.ids[self.prefix:self.read])
             self.text += self.tokenizer.decode(self.ids[self.prefix:])[len(before):]
             self.prefix = self.read = len(self.ids)
+            self._find_stop()
         return self._release(final=True)
+
+    def _find_stop(self) -> None:
+        hits = [at for at in (self.text.find(s) for s in self.stop) if at >= 0]
+        if hits:
+            self.text, self.stopped = self.text[:min(hits)], True
 
     def _release(self, final: bool) -> str:
         safe = len(self.text)
