@@ -108,13 +108,13 @@ def make_eagle_app(processor, model, name: str) -> FastAPI:
 
 
 class ServerThread:
-    def __init__(self, app: FastAPI):
+    def __init__(self, app: FastAPI, lifespan: str = "off"):
         import uvicorn
 
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> ServerThread:
@@ -135,3 +135,19 @@ def eagle_endpoint(sensitive_predictor):
     app = make_eagle_app(sensitive_predictor.processor, sensitive_predictor.model, "sensitive-eagle2")
     with ServerThread(app) as server:
         yield server.url, app
+
+
+@pytest.fixture(scope="module")
+def serve_endpoint(sensitive_ckpt):
+    """The project's own REST app (nemo_eagle.serve) with the in-process backend, when it exists."""
+    app_mod = pytest.importorskip("nemo_eagle.serve.app", reason="nemo_eagle.serve has no app factory yet")
+    from nemo_eagle.serve.backends import LocalBackend
+    from nemo_eagle.serve.engine import Engine
+    from nemo_eagle.serve.settings import ServeSettings
+
+    settings = ServeSettings(model_path=str(sensitive_ckpt), served_model_name="served-eagle2", max_tiles=24,
+                             backend="local", device="cpu", dtype="float32")
+    engine = Engine.from_pretrained(sensitive_ckpt, device="cpu", dtype="float32")
+    app = app_mod.create_app(settings, LocalBackend(engine), engine=engine)
+    with ServerThread(app, lifespan="on") as server:
+        yield server.url

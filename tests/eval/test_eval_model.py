@@ -79,3 +79,16 @@ def test_endpoint_gives_the_same_predictions(name, sensitive_predictor, eagle_en
     # the answers depend on the pixels: the other upscaling choice changes at least one of them
     local(not bench.upscale, tmp_path / "flipped")
     assert _predictions(tmp_path / "flipped" / name / "predictions.jsonl") != a
+
+
+@pytest.mark.parametrize("name", ["docvqa", "mmmu"])
+def test_project_server_gives_the_same_predictions(name, sensitive_predictor, serve_endpoint, eval_files, tmp_path):
+    bench = BENCHMARKS[name]
+    items = load_items(bench, eval_files[name])[:2]
+    settings = EvalSettings(benchmark=name, data=str(eval_files[name].resolve()), max_tiles=bench.max_tiles,
+                            upscale=bench.upscale, max_new_tokens=int(MAX_NEW), limit=2)
+    run_eval(bench, items, sensitive_predictor, tmp_path / "local", settings)
+    assert eval_main(["--benchmark", name, "--data", str(eval_files[name]), "--max-new-tokens", MAX_NEW, "--limit",
+                      "2", "--endpoint", serve_endpoint, "--out", str(tmp_path / "served")]) == 0
+    a = _predictions(tmp_path / "local" / name / "predictions.jsonl")
+    assert _predictions(tmp_path / "served" / name / "predictions.jsonl") == a and all(a.values())
