@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
+from collections.abc import Mapping as TMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping as TMapping
 
 import torch
 from torch import Tensor
@@ -128,7 +129,7 @@ def hf_to_megatron(hf: TMapping[str, Tensor], cfg: EagleConfig, padded_vocab: in
                            f"of the configured size?")
         used.update(sources)
         plan.append((m, name, sources))
-    unknown = sorted(k for k in hf.keys() if k not in used and not IGNORED_HF.match(k))
+    unknown = sorted(k for k in hf if k not in used and not IGNORED_HF.match(k))
     if unknown:
         raise KeyError(f"{len(unknown)} HF tensors have no megatron mapping, e.g. {unknown[:3]}")
     wanted = None if names is None else set(names)
@@ -260,7 +261,7 @@ class HFWeights:
         else:
             raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
         self._handles = {f: safe_open(str(path / f), framework="pt") for f in files}
-        self._where = {k: f for f, h in self._handles.items() for k in h.keys()}
+        self._where = {k: f for f, h in self._handles.items() for k in h.keys()}  # noqa: SIM118 - a safetensors handle, not a dict
 
     def keys(self) -> Iterable[str]:
         return self._where.keys()

@@ -132,26 +132,26 @@ _ACTIVATIONS = {"gelu_pytorch_tanh": (gelu_tanh, False), "gelu": (F.gelu, False)
 
 def _common(opts: MegatronOptions) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
-    return dict(
-        tensor_model_parallel_size=opts.tensor_parallel,
-        sequence_parallel=opts.sequence_parallel,
-        params_dtype=opts.torch_dtype,
-        pipeline_dtype=opts.torch_dtype,
-        bf16=opts.dtype == "bfloat16",
-        fp16=opts.dtype == "float16",
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        attention_softmax_in_fp32=True,
-        apply_query_key_layer_scaling=False,
-        use_cpu_initialization=opts.use_cpu_initialization or not cuda,
-        perform_initialization=opts.perform_initialization,
-        gradient_accumulation_fusion=opts.gradient_accumulation_fusion,
-        # Fusions that only exist as CUDA kernels; on CPU megatron's torch paths are used.
-        bias_activation_fusion=False,
-        masked_softmax_fusion=False,
-        bias_dropout_fusion=False,
-        persist_layer_norm=False,
-    )
+    return {
+        "tensor_model_parallel_size": opts.tensor_parallel,
+        "sequence_parallel": opts.sequence_parallel,
+        "params_dtype": opts.torch_dtype,
+        "pipeline_dtype": opts.torch_dtype,
+        "bf16": opts.dtype == "bfloat16",
+        "fp16": opts.dtype == "float16",
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+        "attention_softmax_in_fp32": True,
+        "apply_query_key_layer_scaling": False,
+        "use_cpu_initialization": opts.use_cpu_initialization or not cuda,
+        "perform_initialization": opts.perform_initialization,
+        "gradient_accumulation_fusion": opts.gradient_accumulation_fusion,
+        # Fusions that exist only as CUDA kernels stay off; megatron's torch paths run instead.
+        "bias_activation_fusion": False,
+        "masked_softmax_fusion": False,
+        "bias_dropout_fusion": False,
+        "persist_layer_norm": False,
+    }
 
 
 def llm_transformer_config(llm: LLMConfig, opts: MegatronOptions):
@@ -170,13 +170,13 @@ def llm_transformer_config(llm: LLMConfig, opts: MegatronOptions):
         raise ValueError(f"pipeline_parallel={opts.pipeline_parallel} must divide num_hidden_layers={llm.num_hidden_layers}")
     recompute = {}
     if opts.recompute == "full":
-        recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+        recompute = {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
     elif opts.recompute == "selective":
-        recompute = dict(recompute_granularity="selective")
+        recompute = {"recompute_granularity": "selective"}
     fp8 = {}
     if opts.fp8:
-        fp8 = dict(fp8=opts.fp8, fp8_recipe=opts.fp8_recipe, fp8_margin=0, fp8_interval=1,
-                   fp8_amax_history_len=1024, fp8_amax_compute_algo="max")
+        fp8 = {"fp8": opts.fp8, "fp8_recipe": opts.fp8_recipe, "fp8_margin": 0, "fp8_interval": 1,
+               "fp8_amax_history_len": 1024, "fp8_amax_compute_algo": "max"}
     return TransformerConfig(
         **_common(opts),
         **recompute,

@@ -13,8 +13,9 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -42,7 +43,7 @@ def hf_config(src: Path, hf) -> EagleConfig:
 
 
 def _checkpoint_dtype(hf) -> str:
-    for key in hf.keys():
+    for key in hf:
         t = hf[key]
         if t.is_floating_point():
             if t.dtype not in _DTYPE_NAMES:

@@ -10,8 +10,9 @@ import logging
 import os
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -36,20 +37,23 @@ def require_device() -> None:
 
 def initialize(tensor_parallel: int = 1, pipeline_parallel: int = 1, *, seed: int = 1234) -> None:
     """Create megatron's model-parallel groups (and a one-rank world if none exists) and seed the RNG tracker."""
-    from megatron.core import parallel_state, tensor_parallel as mtp
+    from megatron.core import parallel_state
+    from megatron.core import tensor_parallel as mtp
 
     require_device()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        local = os.environ.get("LOCAL_RANK") or (dist.get_rank() if dist.is_initialized() else 0)
+        torch.cuda.set_device(int(local) % torch.cuda.device_count())
     if not dist.is_initialized():
+        backend = "nccl" if cuda else "gloo"
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            dist.init_process_group(backend)
         else:
-            dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl",
-                                    store=dist.HashStore(), rank=0, world_size=1)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     world = dist.get_world_size()
     if world % (tensor_parallel * pipeline_parallel):
         raise ValueError(f"world size {world} is not divisible by tp*pp = {tensor_parallel}*{pipeline_parallel}")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", dist.get_rank() % torch.cuda.device_count())))
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel,
@@ -81,7 +85,7 @@ def _worker(rank: int, world: int, store_path: str, out_dir: str, fn: Callable[.
     try:
         result = fn(*args)
         torch.save({"ok": True, "result": result}, Path(out_dir) / f"rank{rank}.pt")
-    except BaseException as e:  # noqa: BLE001 - reported to the parent, which re-raises
+    except BaseException as e:
         torch.save({"ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()},
                    Path(out_dir) / f"rank{rank}.pt")
         raise

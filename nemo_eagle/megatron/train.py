@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -69,7 +69,11 @@ class Trainer:
     """Holds the DDP-wrapped stage and its optimizer; ``train_step`` runs one global batch."""
 
     def __init__(self, model, optim: OptimConfig | None = None) -> None:
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+        from megatron.core.distributed import (
+            DistributedDataParallel,
+            DistributedDataParallelConfig,
+            finalize_model_grads,
+        )
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         optim = optim or OptimConfig()

@@ -7,9 +7,8 @@ import logging
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from megatron_cpu_shim import megatron_on_cpu
+from safetensors.torch import load_file, save_file
 
 logging.getLogger("megatron").setLevel(logging.WARNING)
 

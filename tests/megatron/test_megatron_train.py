@@ -75,3 +75,16 @@ def test_fp8_build_is_refused_before_anything_runs(megatron_cpu, tiny_ckpt):
         pytest.skip("FP8 may be available on this machine")
     with pytest.raises(RuntimeError, match="cannot run these megatron options here"):
         megatron_from_hf(tiny_ckpt, MegatronOptions(fp8="e4m3", dtype="bfloat16"))
+
+
+def test_fp8_and_recompute_reach_the_decoder_only(tiny_ckpt):
+    """The precision recipe goes to the GPT decoder's config; SigLIP's stays bf16 and is never recomputed."""
+    from nemo_eagle.config import load_model_config
+    from nemo_eagle.megatron.config import llm_transformer_config, vision_transformer_config
+
+    cfg = load_model_config(tiny_ckpt)
+    opts = MegatronOptions(fp8="hybrid", fp8_recipe="delayed", dtype="bfloat16", recompute="full")
+    llm, vision = llm_transformer_config(cfg.llm, opts), vision_transformer_config(cfg.vision, opts)
+    assert (llm.fp8, llm.fp8_recipe, llm.recompute_granularity) == ("hybrid", "delayed", "full")
+    assert vision.fp8 is None and vision.recompute_granularity is None and vision.bf16
+    assert vision.pipeline_model_parallel_size == 1  # the whole tower lives on the first stage
