@@ -119,12 +119,13 @@ def write_summary(out: Path) -> dict[str, Any] | None:
     cols = [r["published_key"] or r["benchmark"] for r in reports]
     rows = {"this run": [r["score"] for r in reports]}
     rows.update({m: [r["published"].get(m) for r in reports] for m in PUBLISHED})
-    summary = {"benchmarks": cols, "rows": rows, "complete": {c: r["complete"] for c, r in zip(cols, reports)}}
+    complete = {c: r["complete"] for c, r in zip(cols, reports, strict=True)}
+    summary = {"benchmarks": cols, "rows": rows, "complete": complete}
     atomic_write_json(out / "summary.json", summary)
     md = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     md += [f"| {m} | " + " | ".join(_fmt(v) for v in vals) + " |" for m, vals in rows.items()]
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
-    scaled = {m: [None if v is None else (v / 10 if r["scale"] == 1000.0 else v) for v, r in zip(vals, reports)]
-              for m, vals in rows.items()}
+    scaled = {m: [None if v is None else (v / 10 if r["scale"] == 1000.0 else v)
+                  for v, r in zip(vals, reports, strict=True)] for m, vals in rows.items()}
     draw_bar_chart(out / "summary.png", "Eagle2 benchmarks (OCRBench / 10)", cols, scaled)
     return summary

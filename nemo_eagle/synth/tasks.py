@@ -34,7 +34,8 @@ class TaskTemplate:
         """The prompt of sample ``index``; several samples per image are asked to differ."""
         if num_samples <= 1:
             return self.prompt
-        return f"{self.prompt}\nThis is request {index + 1} of {num_samples} for this image: pick a different detail each time."
+        return (f"{self.prompt}\nThis is request {index + 1} of {num_samples} for this image: "
+                "pick a different detail each time.")
 
     def parse(self, text: str) -> dict[str, str]:
         """The reply's JSON object (a ```json fence or surrounding prose is tolerated); raises SchemaError."""

@@ -114,7 +114,8 @@ def test_partial_scores(eval_files, tmp_path):
     items = load_items(bench, eval_files["textvqa"])
     # "stop sign": 1 of 10 annotators -> 0.3; "red": 7 of 10 after normalisation ("Red", "red.") -> 1.0
     pred = ScriptedPredictor({items[0].prompt: "stop sign", items[1].prompt: "red"})
-    assert run_eval(bench, items, pred, tmp_path, _settings(bench, eval_files["textvqa"]))["score"] == pytest.approx(65.0)
+    report = run_eval(bench, items, pred, tmp_path, _settings(bench, eval_files["textvqa"]))
+    assert report["score"] == pytest.approx(65.0)
     bench = BENCHMARKS["docvqa"]
     items = load_items(bench, eval_files["docvqa"])
     # "4" vs "42": NL 1/2 -> 0.5; "$31" vs "$310": 1/4 -> 0.75; "1989" vs "1998": 2/4 -> 0.5
@@ -182,7 +183,8 @@ def test_report_files(eval_files, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["benchmarks"] == ["DocVQA", "OCRBench"]
     assert summary["rows"]["this run"] == [100.0, 1000.0] and summary["rows"]["Eagle2-1B"] == [81.8, 767]
-    assert (tmp_path / "summary.png").is_file() and "| Eagle2.5-8B | 94.1 | 869.0 |" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "summary.png").is_file()
+    assert "| Eagle2.5-8B | 94.1 | 869.0 |" in (tmp_path / "summary.md").read_text()
 
 
 def test_bad_data_is_named(tmp_path, eval_files):

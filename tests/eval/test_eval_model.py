@@ -1,4 +1,4 @@
-"""The tiny checkpoint evaluated in process and through an OpenAI-compatible endpoint: complete reports, same answers."""
+"""The tiny checkpoint evaluated in process and through OpenAI-compatible endpoints: complete reports, same answers."""
 
 from __future__ import annotations
 

@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nemo_eagle.synth.filters import (FilterConfig, NearDuplicateIndex, answers_agree, check_sample, normalise_text,
-                                      script_ratio)
+from nemo_eagle.synth.filters import (
+    FilterConfig,
+    NearDuplicateIndex,
+    answers_agree,
+    check_sample,
+    normalise_text,
+    script_ratio,
+)
 from nemo_eagle.synth.imagehash import dhash, hamming, phash
 from nemo_eagle.synth.journal import Journal, read_journal
 from nemo_eagle.synth.tasks import TASKS, SchemaError, parse_tasks
@@ -111,7 +117,8 @@ def test_language_and_length_filters():
     assert check_sample(rec("What colour is the box?", "red"), vqa, cfg).reason is None
     assert check_sample(rec("Какого цвета коробка?", "красный"), vqa, cfg).reason == "language"
     assert check_sample(rec("Quelle est la couleur?", "rouge"), vqa, cfg).reason is None  # Latin script passes
-    assert check_sample(rec("Какого цвета коробка?", "красный"), vqa, FilterConfig(language="ru")).reason is None
+    russian = FilterConfig(language="ru")
+    assert check_sample(rec("Какого цвета коробка?", "красный"), vqa, russian).reason is None
     assert check_sample(rec("What\x07 colour?", "red"), vqa, cfg).reason == "language"
     assert check_sample(rec("Why?", "red"), vqa, cfg).reason == "length"
     assert check_sample(rec("What colour is the box?", "x" * 2001), vqa, cfg).reason == "length"
