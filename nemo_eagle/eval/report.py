@@ -90,7 +90,11 @@ def draw_bar_chart(path: Path, title: str, groups: list[str], series: dict[str, 
             h = plot_h * max(0.0, min(v, y_max)) / y_max
             bx = x0 + s * bar_w
             d.rectangle([bx, top + plot_h - h, bx + bar_w - 2, top + plot_h], fill=COLOURS[s % len(COLOURS)])
-        d.text((left + g * group_w + 4, top + plot_h + 6), name, fill="black", font=_font(11))
+            label = f"{v:.0f}"
+            d.text((bx + (bar_w - 2 - d.textlength(label, font=_font(9))) / 2, top + plot_h - h - 11), label,
+                   fill="black", font=_font(9))
+        name_w = d.textlength(name, font=_font(11))
+        d.text((left + g * group_w + (group_w - name_w) / 2, top + plot_h + 6), name, fill="black", font=_font(11))
     lx = left
     for s, label in enumerate(series):  # legend
         d.rectangle([lx, height - 24, lx + 10, height - 14], fill=COLOURS[s % len(COLOURS)])
