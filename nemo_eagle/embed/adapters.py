@@ -80,7 +80,7 @@ class ColEagleProcessor:
         """(N_q, N_p) MaxSim scores.
 
         ``qs`` / ``ps`` are lists of (T_i, D) tensors, or padded (N, T, D) tensors as ``ColEagleModel`` returns
-        them; in padded tensors all-zero rows are padding and never match.
+        them. All-zero rows are padding (a real vector has unit length) and never match, in either form.
         """
         q, qm = _padded(qs)
         p, pm = _padded(ps)
@@ -96,7 +96,7 @@ def _padded(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         if x.dim() != 3:
             raise ValueError(f"expected padded multi-vectors (N, T, D), got shape {tuple(x.shape)}")
         return x.float(), x.abs().sum(-1) > 0
-    return scoring.pad_multi([v.float() for v in x])
+    return scoring.pad_multi([v.float()[v.abs().sum(-1) > 0] for v in x])
 
 
 class ColEagleModel:
