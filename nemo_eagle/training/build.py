@@ -110,6 +110,7 @@ def build_trainer(run: TrainRun, plan: PrecisionPlan, *, has_val: bool, callback
     exp = Path(run.exp_dir)
     ckpt = ModelCheckpoint(dirpath=exp / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                            every_n_train_steps=run.checkpoint.every_n_train_steps, save_last=True,
+                           save_on_train_epoch_end=False,  # epochs can be short; save by steps only
                            save_top_k=run.checkpoint.save_top_k if has_val else 1,
                            monitor="val_loss" if has_val else None, mode="min")
     cbs = [ckpt, ThroughputMonitor(), StepLog(exp / "train_log.jsonl"), LearningRateMonitor("step"), *callbacks]

@@ -40,6 +40,7 @@ class BatchPlanner:
 
     def __init__(self, dataset: ConversationDataset, cfg: PlanConfig, *, rank: int = 0, world_size: int = 1):
         self.dataset, self.cfg, self.rank, self.world_size = dataset, cfg, rank, world_size
+        self._fingerprint: str | None = None
         self.eligible = self._drop_too_long()
 
     def _drop_too_long(self) -> list[int]:
@@ -61,9 +62,11 @@ class BatchPlanner:
 
     def fingerprint(self) -> str:
         """Identifies what a position in the plan means (data and planning settings)."""
-        ids = "\n".join(c.id for c in self.dataset.samples)
-        key = f"{self.cfg}|{self.rank}/{self.world_size}|{ids}"
-        return hashlib.sha1(key.encode()).hexdigest()[:16]
+        if self._fingerprint is None:
+            ids = "\n".join(c.id for c in self.dataset.samples)
+            key = f"{self.cfg}|{self.rank}/{self.world_size}|{ids}"
+            self._fingerprint = hashlib.sha1(key.encode()).hexdigest()[:16]
+        return self._fingerprint
 
     def view(self, i: int, low: bool) -> tuple[int, int]:
         """(max_tiles, tokens) of sample ``i``: one tile when low, else the largest limit that fits the budget."""
@@ -117,9 +120,9 @@ class ResumableLoader:
     """
 
     def __init__(self, dataset: ConversationDataset, planner: BatchPlanner, collate_fn: Callable, *,
-                 num_workers: int = 0, pin_memory: bool = False, repeat: bool = True):
+                 num_workers: int = 0, pin_memory: bool = False):
         self.dataset, self.planner, self.collate_fn = dataset, planner, collate_fn
-        self.num_workers, self.pin_memory, self.repeat = num_workers, pin_memory, repeat
+        self.num_workers, self.pin_memory = num_workers, pin_memory
         self._epoch, self._start = 0, 0
         self._consumed = {"epoch": 0, "next": 0}
 
@@ -129,12 +132,16 @@ class ResumableLoader:
         plan = self.planner.plan(epoch)
         if start:
             log.info("data: resuming epoch %d at batch %d of %d", epoch, start, len(plan))
-        loader = DataLoader(self.dataset, batch_sampler=plan[start:], collate_fn=self.collate_fn,
-                            num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            persistent_workers=False)
-        for j, batch in enumerate(loader):
-            batch["position"] = (epoch, start + j)
-            yield batch
+        if start < len(plan):
+            # NOTE: an own generator, so creating the iterator never draws from the global RNG (dropout's):
+            # a resumed run would otherwise draw once more than the uninterrupted one.
+            seed = self.planner.cfg.seed * 1_000_003 + epoch * 7919 + start
+            loader = DataLoader(self.dataset, batch_sampler=plan[start:], collate_fn=self.collate_fn,
+                                num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                generator=torch.Generator().manual_seed(seed))
+            for j, batch in enumerate(loader):
+                batch["position"] = (epoch, start + j)
+                yield batch
         self._epoch = epoch + 1
 
     def num_batches(self, epoch: int = 0) -> int:
