@@ -161,6 +161,7 @@ class MemoryStore:
         self._index: dict[str, int] = {}
         self._vectors: list[Tensor] = []
         self._payloads: list[dict[str, Any]] = []
+        self._matrix: tuple[Tensor, Tensor | None] | None = None  # stacked / padded vectors, rebuilt after writes
 
     def exists(self) -> bool:
         return self._dim is not None
@@ -179,6 +180,7 @@ class MemoryStore:
         return {i for i in ids if i in self._index}
 
     def upsert(self, ids: Sequence[str], vectors: Sequence[Any], payloads: Sequence[dict[str, Any]]) -> None:
+        self._matrix = None
         for i, v, p in zip(ids, vectors, payloads):
             v = v.detach().float().cpu() if isinstance(v, Tensor) else torch.tensor(v, dtype=torch.float32)
             if i in self._index:
@@ -199,10 +201,13 @@ class MemoryStore:
         if not self._ids:
             return []
         q = query.detach().float().cpu() if isinstance(query, Tensor) else torch.tensor(query, dtype=torch.float32)
+        if self._matrix is None:
+            self._matrix = scoring.pad_multi(self._vectors) if self._multi else (torch.stack(self._vectors), None)
+        docs, mask = self._matrix
         if self._multi:
-            scores = scoring.score([q], self._vectors)[0]
+            scores = scoring.maxsim(q[None], torch.ones(1, q.shape[0], dtype=torch.bool), docs, mask)[0]
         else:
-            scores = scoring.score(q[None], torch.stack(self._vectors))[0]
+            scores = q @ docs.T
         top = torch.topk(scores, min(top_k, len(self._ids)))
         return [Hit(self._ids[i], float(s), dict(self._payloads[i])) for s, i in zip(top.values.tolist(), top.indices.tolist())]
 
