@@ -87,7 +87,8 @@ class ServeProcess:
         raise RuntimeError(f"nemo-eagle serve not ready after {timeout}s:\n{self.logs()[-4000:]}")
 
     def logs(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 60.0) -> int:

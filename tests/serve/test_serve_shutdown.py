@@ -1,0 +1,75 @@
+"""SIGTERM drains: requests in flight when the signal arrives still complete, then Triton is stopped cleanly
+and the process exits 0 (its own server, since this test ends it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+
+import httpx
+from serve_helpers import ServeProcess, metric_value
+
+MODEL = "tiny-eagle2"
+
+
+def test_sigterm_drains_in_flight_requests_and_stops_triton(tiny_ckpt, tmp_path):
+    server = ServeProcess(tiny_ckpt, tmp_path / "serve.log", "--max-model-len", "4096", "--drain-timeout", "60")
+    try:
+        server.wait_ready()
+        results: dict[str, object] = {}
+        started = threading.Event()
+
+        def streaming():
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "stream"}], "max_tokens": 200,
+                    "temperature": 1.0, "seed": 2, "stream": True, "stream_options": {"include_usage": True}}
+            lines = []
+            with httpx.stream("POST", server.base + "/v1/chat/completions", json=body, timeout=120) as resp:
+                for line in resp.iter_lines():
+                    lines.append(line)
+                    if len(lines) == 4:
+                        started.set()
+            results["stream"] = [line for line in lines if line]
+
+        def blocking():
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "block"}], "max_tokens": 100,
+                    "temperature": 1.0, "seed": 3}
+            results["plain"] = httpx.post(server.base + "/v1/chat/completions", json=body, timeout=120)
+
+        threads = [threading.Thread(target=streaming), threading.Thread(target=blocking)]
+        for t in threads:
+            t.start()
+        assert started.wait(60), server.logs()[-2000:]
+        deadline = time.monotonic() + 30
+        while metric_value(httpx.get(server.base + "/v1/metrics").text, "nemo_eagle_queue_depth") < 2:
+            assert time.monotonic() < deadline, f"the second request never reached the backend: {results}\n" + \
+                server.logs()[-3000:]
+            time.sleep(0.05)
+        server.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(120)
+        code = server.proc.wait(90)
+    finally:
+        server.stop()
+    logs = server.logs()
+    assert code == 0, logs[-3000:]
+    events = results["stream"]
+    assert events[-1] == "data: [DONE]"
+    usage = json.loads(events[-2][6:])["usage"]
+    finish = [json.loads(e[6:])["choices"][0].get("finish_reason") for e in events[:-2]]
+    assert usage["completion_tokens"] == 200 or "stop" in finish  # ran to its end, not cut off
+    plain = results["plain"]
+    assert plain.status_code == 200, plain.text
+    assert plain.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    assert "draining in-flight requests" in logs and "tritonserver stopped (exit code 0)" in logs
+    pid = int(re.search(r"stopping tritonserver \(pid (\d+)\)", logs).group(1))
+    time.sleep(0.2)
+    try:
+        os.kill(pid, 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive, f"tritonserver (pid {pid}) still running"
