@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 from nemo_eagle.config import EagleConfig, config_from_hf, config_to_hf
@@ -56,8 +57,11 @@ def save(model, path: str | Path, *, extra_files_from: str | Path | None = None,
     if dist.is_initialized():
         dist.barrier()
     state = {"model": model.sharded_state_dict()}
+    sharding = None
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(state["model"])
+        sharding = optimizer_sharding(optimizer)
+        state["optimizer"] = optimizer.sharded_state_dict(state["model"],
+                                                          metadata={"distrib_optim_sharding_type": sharding})
     dist_checkpointing.save(state, str(weights))
     if rank0:
         cfg: EagleConfig = model.eagle_config
@@ -67,7 +71,7 @@ def save(model, path: str | Path, *, extra_files_from: str | Path | None = None,
         info = {"format": FORMAT, "padded_vocab_size": model.padded_vocab_size, "dtype": model.options.dtype,
                 "saved_with": {"tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
                                "pipeline_parallel": parallel_state.get_pipeline_model_parallel_world_size()},
-                "has_optimizer": optimizer is not None, **(meta or {})}
+                "optimizer_sharding": sharding, **(meta or {})}
         (path / META_NAME).write_text(json.dumps(info, indent=2))
         if extra_files_from is not None:
             copy_processor_files(extra_files_from, path)
@@ -88,14 +92,26 @@ def load(model, path: str | Path, *, optimizer=None, strict: bool = True) -> Non
                          f"{meta['padded_vocab_size']})")
     state = {"model": model.sharded_state_dict()}
     if optimizer is not None:
-        if not meta.get("has_optimizer"):
+        if not meta.get("optimizer_sharding"):
             raise ValueError(f"{path} holds no optimizer state")
-        state["optimizer"] = optimizer.sharded_state_dict(state["model"], is_loading=True)
+        state["optimizer"] = optimizer.sharded_state_dict(
+            state["model"], is_loading=True, metadata={"distrib_optim_sharding_type": meta["optimizer_sharding"]})
     loaded = dist_checkpointing.load(state, str(Path(path) / WEIGHTS_DIR))
     model.load_state_dict(loaded["model"], strict=strict)
     if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
+        with torch.no_grad():  # fp32 runs: the optimizer's main params are views of the (grad-requiring) model params
+            optimizer.load_state_dict(loaded["optimizer"])
     log.info("loaded megatron checkpoint %s (saved with %s)", path, meta["saved_with"])
+
+
+def optimizer_sharding(optimizer) -> str:
+    """How the distributed optimizer's state is stored: ``fully_reshardable`` (resume under any TP/PP/DP) when
+    the inner optimizer keeps its step count per group (TE/APEX fused Adam); ``dp_reshardable`` (same TP/PP)
+    for torch's Adam, whose per-parameter ``step`` megatron cannot reshard."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if any("step" in st for st in opt.optimizer.state.values()):
+            return "dp_reshardable"
+    return "fully_reshardable"
 
 
 def copy_processor_files(src: str | Path, dst: str | Path) -> list[str]:

@@ -98,6 +98,10 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
     result. ``fn`` must be importable (a module-level function). Raises with the failing rank's traceback."""
     import torch.multiprocessing as mp
 
+    if torch.cuda.is_available() and world_size > torch.cuda.device_count():
+        raise RuntimeError(f"{world_size} ranks need {world_size} GPUs (NCCL cannot share one), this machine has "
+                           f"{torch.cuda.device_count()}; run under torchrun across nodes, or convert with tp=pp=1 "
+                           "(distributed checkpoints reshard on load, so the result is equivalent)")
     with tempfile.TemporaryDirectory(prefix="nemo_eagle_launch_") as tmp:
         log.info("spawning %d ranks (%s)", world_size, "nccl" if torch.cuda.is_available() else "gloo")
         ctx = mp.start_processes(_worker, args=(world_size, str(Path(tmp) / "store"), tmp, fn, args),

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -150,6 +151,30 @@ class Trainer:
         dist.broadcast(totals, src=parallel_state.get_pipeline_model_parallel_last_rank(),
                        group=parallel_state.get_pipeline_model_parallel_group())
         return float(totals[0] / totals[1].clamp(min=1))
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Collective: model + optimizer state + step, reshardable to any layout (see ``checkpoint``)."""
+        from nemo_eagle.megatron import checkpoint
+
+        checkpoint.save(self.model.module, path, optimizer=self.optimizer, meta={"step": self.step})
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Collective: resume model, optimizer state and step from ``save_checkpoint``."""
+        from nemo_eagle.megatron import checkpoint
+
+        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            # torch's Adam (the fallback without TE/APEX) creates its state at the first step, but megatron reads
+            # the state's layout to load into it: materialise it with megatron's own zero-gradient step first.
+            if not opt.optimizer.state and hasattr(opt, "_init_optimizer_states_with_dummy_values"):
+                opt._init_optimizer_states_with_dummy_values()
+        checkpoint.load(self.model.module, path, optimizer=self.optimizer)
+        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            # megatron (without TE/APEX) restores ONE step tensor shared by every parameter's state, and torch's
+            # Adam increments it in place once per parameter: give each parameter its own copy.
+            for st in opt.optimizer.state.values():
+                if torch.is_tensor(st.get("step")):
+                    st["step"] = st["step"].clone()
+        self.step = int(checkpoint.read_meta(path).get("step", 0))
 
     def fit(self, batches: Iterable[list[dict]], steps: int, *, log_every: int = 1) -> list[dict]:
         """A small loop: ``steps`` global batches from ``batches``, logging loss and tokens/s."""

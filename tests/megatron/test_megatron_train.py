@@ -88,3 +88,17 @@ def test_fp8_and_recompute_reach_the_decoder_only(tiny_ckpt):
     assert (llm.fp8, llm.fp8_recipe, llm.recompute_granularity) == ("hybrid", "delayed", "full")
     assert vision.fp8 is None and vision.recompute_granularity is None and vision.bf16
     assert vision.pipeline_model_parallel_size == 1  # the whole tower lives on the first stage
+
+
+def test_resume_from_checkpoint_continues_exactly(megatron_cpu, tiny_ckpt, fixtures_dir, tmp_path):
+    """Model, distributed-optimizer state (Adam moments) and step survive save -> load bit for bit."""
+    mbs = microbatches(fixtures_dir)
+    trainer = Trainer(megatron_from_hf(tiny_ckpt), OptimConfig(lr=1e-3))
+    trainer.train_step(mbs)
+    trainer.save_checkpoint(tmp_path / "ckpt")
+    uninterrupted = trainer.train_step(mbs)["loss"], trainer.eval_loss(mbs)
+
+    resumed = Trainer(megatron_from_hf(tiny_ckpt), OptimConfig(lr=1e-3))
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    assert resumed.step == 1
+    assert (resumed.train_step(mbs)["loss"], resumed.eval_loss(mbs)) == uninterrupted
