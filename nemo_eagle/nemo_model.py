@@ -171,7 +171,8 @@ class EagleNeMoModel(ModelPT):
                           shuffle=cfg.shuffle and train, seed=cfg.seed)
         rank, world = _rank_world(self.trainer if self._trainer is not None else None)
         planner = BatchPlanner(dataset, plan, rank=rank, world_size=world)
-        collate = EagleCollator(self.processor.tokenizer.pad_token_id, pack=cfg.packing, packing_mask=cfg.packing_mask)
+        collate = EagleCollator(self.processor.tokenizer.pad_token_id, pack=cfg.packing, packing_mask=cfg.packing_mask,
+                                pad_to_multiple_of=cfg.pad_to_multiple_of)
         return ResumableLoader(dataset, planner, collate, num_workers=cfg.num_workers,
                                pin_memory=torch.cuda.is_available())
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -132,18 +134,33 @@ def build_trainer(run: TrainRun, plan: PrecisionPlan, *, has_val: bool, callback
         kwargs["plugins"] = [plan.plugin]
     else:
         kwargs["precision"] = plan.trainer_precision
-    return Trainer(**kwargs)
+    try:
+        return Trainer(**kwargs)
+    except Exception as e:  # Lightning's MisconfigurationException / RuntimeError: say which setting to change
+        if t.accelerator in ("gpu", "cuda", "auto") and not _has_gpu():
+            raise ValueError(f"trainer.accelerator={t.accelerator} devices={t.devices}: {e}; this machine has no GPU, "
+                             "use trainer=cpu_debug (or trainer.accelerator=cpu trainer.devices=1)") from e
+        raise
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def build_run(run: TrainRun, *, callbacks: Sequence[Any] = ()) -> Built:
     """Precision plan, Trainer, model (prepared), and data loaders: everything ``fit`` needs."""
     plan = build_precision(run.precision)  # first: a recipe this machine cannot run fails before any loading
-    has_val = run.data.val_manifest is not None
+    data = run.data
+    if run.precision.recipe == "fp8_te" and data.pad_to_multiple_of % 16:
+        data = dataclasses.replace(data, pad_to_multiple_of=math.lcm(16, data.pad_to_multiple_of))
+    has_val = data.val_manifest is not None
     trainer = build_trainer(run, plan, has_val=has_val, callbacks=callbacks)
     model = load_model(run.model, trainer=trainer)
     prepare_model(model, run, plan)
-    if run.data.train_manifest is not None:
-        model.setup_training_data(run.data)
+    if data.train_manifest is not None:
+        model.setup_training_data(data)
     if has_val:
-        model.setup_validation_data(run.data)
+        model.setup_validation_data(data)
     return Built(model=model, trainer=trainer, plan=plan)

@@ -72,6 +72,7 @@ class DataConfig:
     max_tokens_per_batch: int = 0  # 0: no token budget
     packing: bool = False
     packing_mask: str = "position_ids"
+    pad_to_multiple_of: int = 1  # sequence length multiple (FP8 GEMMs need 16; precision=fp8_te raises it)
     low_res_ratio: float = 0.0  # share of samples drawn as a single low-resolution tile
     high_res_max_tiles: Optional[int] = None  # None: the checkpoint's max_tiles
     shuffle: bool = True
@@ -83,6 +84,8 @@ class DataConfig:
         _check(self.format, DATA_FORMATS, "data.format")
         _check(self.packing_mask, PACKING_MASKS, "data.packing_mask")
         _check(self.on_bad_sample, BAD_SAMPLE_POLICIES, "data.on_bad_sample")
+        if self.pad_to_multiple_of < 1:
+            raise ValueError(f"data.pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
         if self.micro_batch_size < 1:
             raise ValueError(f"data.micro_batch_size must be >= 1, got {self.micro_batch_size}")
         if not 0.0 <= self.low_res_ratio <= 1.0:

@@ -116,13 +116,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(e: Exception) -> bool:
     from hydra.errors import HydraException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from omegaconf.errors import OmegaConfBaseException
 
     from nemo_eagle.data.datasets import BadSampleError
     from nemo_eagle.training.precision import PrecisionUnavailable
 
     return isinstance(e, (HydraException, OmegaConfBaseException, BadSampleError, PrecisionUnavailable,
-                          FileNotFoundError, ValueError, KeyError))
+                          MisconfigurationException, FileNotFoundError, ValueError, KeyError))
 
 
 def _describe(e: Exception) -> str:
