@@ -171,6 +171,10 @@ def convert(src: str, dst: str, *, to_format: str, tp: int = 1, pp: int = 1, ver
     if to_format not in FORMATS:
         raise ValueError(f"to_format must be one of {FORMATS}, got {to_format!r}")
     src_p, dst_p = Path(src), Path(dst)
+    if to_format == "megatron" and not src_p.exists():
+        from nemo_eagle.hub import resolve_checkpoint
+
+        src_p = resolve_checkpoint(src)  # a hub id such as nvidia/Eagle2-2B
     if not src_p.is_dir():
         raise FileNotFoundError(f"source {src} is not a directory")
     if dst_p.exists() and any(dst_p.iterdir()) and dst_p.resolve() != src_p.resolve():
@@ -206,7 +210,8 @@ def convert(src: str, dst: str, *, to_format: str, tp: int = 1, pp: int = 1, ver
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nemo_eagle.megatron.convert", description=__doc__.splitlines()[0])
-    p.add_argument("--from", dest="src", required=True, help="source directory (HF checkpoint or megatron checkpoint)")
+    p.add_argument("--from", dest="src", required=True,
+                   help="source: HF checkpoint directory or hub id, or a megatron checkpoint directory")
     p.add_argument("--to", dest="dst", required=True, help="destination directory")
     p.add_argument("--format", dest="to_format", required=True, choices=FORMATS, help="format to write")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size to save with (the checkpoint reshards)")

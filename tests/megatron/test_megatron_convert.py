@@ -52,6 +52,8 @@ def test_bad_requests_fail_with_clear_messages(tiny_ckpt, tmp_path, capsys):
     with pytest.raises(ValueError, match="to_format must be one of"):
         convert(str(tiny_ckpt), str(tmp_path / "x"), to_format="nemo")
     assert main(["--from", str(tmp_path / "nope"), "--to", str(tmp_path / "x"), "--format", "megatron"]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert main(["--from", str(tmp_path / "nope"), "--to", str(tmp_path / "x"), "--format", "hf"]) == 1
     assert "is not a directory" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="not a megatron EAGLE2 checkpoint"):
         convert(str(tiny_ckpt), str(tmp_path / "x"), to_format="hf")

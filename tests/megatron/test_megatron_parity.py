@@ -71,3 +71,21 @@ def test_text_only_batch_and_image_token_mismatch(megatron_cpu, tiny_ckpt):
         cfg = load_model_config(tiny_ckpt)
         with pytest.raises(ValueError, match="image features and image tokens do not match"):
             model(torch.tensor([[cfg.image_token_id] * 3]), torch.zeros(1, 3, 448, 448))
+
+
+@pytest.mark.parametrize("select_layer", [-2, 1])
+def test_select_layer_other_than_last_matches_siglip_hidden_states(megatron_cpu, tiny_ckpt, fixtures_dir, select_layer):
+    """select_layer k: SigLIP's hidden_states[k], before post_layernorm (the megatron tower stops after layer k)."""
+    from nemo_eagle.megatron.config import vision_transformer_config
+    from nemo_eagle.megatron.model import SiglipVisionTransformer
+
+    ref = EagleModel.from_pretrained(tiny_ckpt, dtype=torch.float32, attn_implementation="eager")
+    tile = fixture_batch(fixtures_dir, "portrait_300x900")["pixel_values"][:1]
+    megatron = megatron_from_hf(tiny_ckpt)  # select_layer -1, the checkpoint's own setting
+    vision_cfg = megatron.eagle_config.vision
+    vision_cfg.select_layer = select_layer
+    tower = SiglipVisionTransformer(vision_transformer_config(vision_cfg, megatron.options), vision_cfg, megatron.impl)
+    tower.load_state_dict(megatron.vision.state_dict())
+    with torch.no_grad():
+        want = ref.vision.tower(pixel_values=tile, output_hidden_states=True).hidden_states[select_layer]
+        torch.testing.assert_close(tower(tile), want, atol=1e-5, rtol=0)
