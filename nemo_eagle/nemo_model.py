@@ -288,7 +288,7 @@ def _rank_world(trainer: Trainer | None) -> tuple[int, int]:
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _build_processor(model: EagleModel, files: dict[str, bytes]) -> EagleProcessor:

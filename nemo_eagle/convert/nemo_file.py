@@ -125,14 +125,11 @@ def read_nemo(path: str | Path, *, weights: bool = True) -> NemoContents:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f".nemo file not found: {path}")
-    try:
-        tar = tarfile.open(path, "r:")
-    except tarfile.ReadError:
-        try:
-            tar = tarfile.open(path, "r:gz")  # NeMo < 1.7 compressed its archives
-        except tarfile.ReadError as e:
-            raise NemoFileError(f"{path} is not a .nemo archive (not a tar file)") from e
-    with tar:
+    if not tarfile.is_tarfile(path):
+        raise NemoFileError(f"{path} is not a .nemo archive (not a tar file)")
+    with open(path, "rb") as f:
+        mode = "r:gz" if f.read(2) == b"\x1f\x8b" else "r:"  # NeMo < 1.7 compressed its archives
+    with tarfile.open(path, mode) as tar:
         info = _member(tar, MODEL_CONFIG)
         if info is None:
             raise NemoFileError(f"{path} has no {MODEL_CONFIG}: not a NeMo model archive")

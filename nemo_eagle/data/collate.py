@@ -9,7 +9,8 @@ Image tiles are concatenated in sample order, which is the order of their ``<IMG
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import glob
 import io
+import itertools
 import json
 import logging
 import os
 import tarfile
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -66,7 +68,7 @@ class TarMember:
             return f.read(self.size)
 
 
-ImageRef = Union[Path, TarMember, str]  # str: a data URL
+ImageRef = Path | TarMember | str  # str: a data URL
 
 
 @dataclass
@@ -328,7 +330,7 @@ def read_shards(shards: Sequence[Path]) -> Iterator[tuple[str, Any, list[TarMemb
 
 def detect_format(manifest: str) -> str:
     s = str(manifest)
-    if s.endswith(".tar") or "{" in s or (Path(s).is_dir()) or s.endswith("*.tar"):
+    if s.endswith((".tar", "*.tar")) or "{" in s or Path(s).is_dir():
         return "webdataset"
     return "auto"
 
@@ -397,7 +399,7 @@ def expand_with_spans(processor: EagleProcessor, text: str, spans: list[tuple[in
     starts = {s for s, _ in spans}
     out, new_spans, used, pos = [], [], 0, 0
     span_start = None
-    for a, b in zip(cuts, cuts[1:]):
+    for a, b in itertools.pairwise(cuts):
         piece = text[a:b]
         n = processor.count_image_placeholders(piece)
         expanded = processor.expand_prompt(piece, list(num_tiles[used:used + n])) if n else piece
@@ -527,7 +529,8 @@ class ConversationDataset(torch.utils.data.Dataset):
             if rep.total % 10000 == 0:
                 log.info("%s data: scanned %d samples (%.0f/s)", self.name, rep.total, rep.total / (time.monotonic() - t0))
         rep.kept = len(self.samples)
-        log.info("%s data: %s in %.1fs", self.name, rep.summary(), time.monotonic() - t0)
+        log.log(logging.WARNING if rep.skipped else logging.INFO, "%s data: %s in %.1fs", self.name, rep.summary(),
+                time.monotonic() - t0)
         if not self.samples:
             raise ValueError(f"{self.name} data has no usable samples ({rep.summary()})")
 

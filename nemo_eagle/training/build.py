@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -116,15 +117,16 @@ def build_trainer(run: TrainRun, plan: PrecisionPlan, *, has_val: bool, callback
                            save_top_k=run.checkpoint.save_top_k if has_val else 1,
                            monitor="val_loss" if has_val else None, mode="min")
     cbs = [ckpt, ThroughputMonitor(), StepLog(exp / "train_log.jsonl"), LearningRateMonitor("step"), *callbacks]
-    kwargs: dict[str, Any] = dict(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        max_steps=t.max_steps, max_epochs=t.max_epochs, log_every_n_steps=t.log_every_n_steps,
-        accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
-        num_sanity_val_steps=t.num_sanity_val_steps if has_val else 0, enable_progress_bar=t.enable_progress_bar,
-        default_root_dir=str(exp), logger=TensorBoardLogger(str(exp), name="tb", version=""), callbacks=cbs,
-        use_distributed_sampler=False,  # the batch planner shards by rank itself (and resumes exactly)
-        enable_model_summary=False,
-    )
+    kwargs: dict[str, Any] = {
+        "accelerator": t.accelerator, "devices": t.devices, "num_nodes": t.num_nodes, "strategy": t.strategy,
+        "max_steps": t.max_steps, "max_epochs": t.max_epochs, "log_every_n_steps": t.log_every_n_steps,
+        "accumulate_grad_batches": t.accumulate_grad_batches, "gradient_clip_val": t.gradient_clip_val,
+        "num_sanity_val_steps": t.num_sanity_val_steps if has_val else 0,
+        "enable_progress_bar": t.enable_progress_bar, "default_root_dir": str(exp),
+        "logger": TensorBoardLogger(str(exp), name="tb", version=""), "callbacks": cbs,
+        "use_distributed_sampler": False,  # the batch planner shards by rank itself (and resumes exactly)
+        "enable_model_summary": False,
+    }
     if has_val:
         kwargs.update(val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
                       limit_val_batches=t.limit_val_batches)

@@ -7,7 +7,7 @@ takes these objects. ``register_schemas`` puts them in Hydra's ConfigStore so a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 BAD_SAMPLE_POLICIES = ("skip", "error")
 PACKING_MASKS = ("position_ids", "block")
@@ -40,10 +40,10 @@ class ModelSpec:
     chat template of the HF directory ``tokenizer_from``.
     """
 
-    pretrained: Optional[str] = None
-    preset: Optional[str] = None
-    config: Optional[Dict[str, Any]] = None
-    tokenizer_from: Optional[str] = None
+    pretrained: str | None = None
+    preset: str | None = None
+    config: dict[str, Any] | None = None
+    tokenizer_from: str | None = None
     attn_implementation: str = "sdpa"
     init_seed: int = 0
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
@@ -64,9 +64,9 @@ class DataConfig:
     paths resolve against ``image_root``, which defaults to the manifest's own directory.
     """
 
-    train_manifest: Optional[str] = None
-    val_manifest: Optional[str] = None
-    image_root: Optional[str] = None
+    train_manifest: str | None = None
+    val_manifest: str | None = None
+    image_root: str | None = None
     format: str = "auto"
     micro_batch_size: int = 1
     max_tokens_per_batch: int = 0  # 0: no token budget
@@ -74,7 +74,7 @@ class DataConfig:
     packing_mask: str = "position_ids"
     pad_to_multiple_of: int = 1  # sequence length multiple (FP8 GEMMs need 16; precision=fp8_te raises it)
     low_res_ratio: float = 0.0  # share of samples drawn as a single low-resolution tile
-    high_res_max_tiles: Optional[int] = None  # None: the checkpoint's max_tiles
+    high_res_max_tiles: int | None = None  # None: the checkpoint's max_tiles
     shuffle: bool = True
     seed: int = 1234
     num_workers: int = 0
@@ -100,7 +100,7 @@ class DataConfig:
 class OptimConfig:
     lr: float = 1e-5
     weight_decay: float = 0.0
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     scheduler: str = "cosine"
     warmup_steps: int = 0
@@ -123,10 +123,10 @@ class TrainerConfig:
     max_steps: int = 1000
     max_epochs: int = -1
     val_check_interval: int = 200
-    limit_val_batches: Optional[int] = None
+    limit_val_batches: int | None = None
     log_every_n_steps: int = 10
     accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = 1.0
+    gradient_clip_val: float | None = 1.0
     num_sanity_val_steps: int = 0
     enable_progress_bar: bool = True
 
@@ -140,7 +140,7 @@ class PrecisionConfig:
     """``recipe`` names a function in ``training.precision.RECIPES``; ``exclude`` are FQN globs kept out of FP8."""
 
     recipe: str = "fp32"
-    exclude: List[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
     fp8_format: str = "hybrid"
     amax_history_len: int = 1024
     amax_compute_algo: str = "max"
@@ -157,7 +157,7 @@ class PeftConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
-    targets: List[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(self.method, PEFT_METHODS, "peft.method")

@@ -9,8 +9,8 @@ original parameter names without touching the training model, so every export is
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from fnmatch import fnmatch
-from typing import Sequence
 
 import torch
 from torch import nn

@@ -10,10 +10,11 @@ dimensions divisible by 16; other layers are left alone. Requesting FP8 where TE
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,7 +87,7 @@ def require_te() -> ModuleType:
                                    "is available here; use precision=bf16 (GPU) or precision=fp32 (CPU)")
     try:
         import transformer_engine.pytorch as te
-    except Exception as e:  # noqa: BLE001 - TE raises RuntimeError, not ImportError, when CUDA libs are missing
+    except Exception as e:  # TE raises RuntimeError, not ImportError, when its CUDA libraries are missing
         raise PrecisionUnavailable(f"precision=fp8_te needs Transformer Engine, which cannot be imported "
                                    f"({type(e).__name__}: {e}); install transformer-engine[pytorch] matching your "
                                    "CUDA, or use precision=bf16") from e

@@ -14,9 +14,10 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from nemo_eagle.training.config import TrainRun, register_schemas
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run = TrainRun.from_omegaconf(cfg)
         result = train(run)
-    except Exception as e:  # noqa: BLE001 - every failure becomes one clear line, not a stack trace
+    except Exception as e:  # every user error becomes one clear line, not a stack trace
         if not _is_user_error(e):
             raise
         print(f"nemo-eagle train: error: {_describe(e)}", file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from data_helpers import llava, write_image, write_jsonl
 
 from nemo_eagle.data.collate import EagleCollator, block_causal_mask

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from data_helpers import llava, write_image, write_jsonl, write_shard
+from data_helpers import llava, write_jsonl, write_shard
 from PIL import Image
 
 from nemo_eagle.data.datasets import BadSampleError, ConversationDataset, expand_shards

@@ -82,6 +82,12 @@ def test_modelpt_save_restore_and_from_pretrained(tiny_ckpt, tiny_nemo, tmp_path
     assert all(torch.equal(a[k], c[k]) for k in a)
     assert twice.processor_files == restored.processor_files  # the contract survives save -> restore -> save
 
+    hf = twice.save_pretrained(tmp_path / "hf")  # HF export of a ModelPT: official layout, same tensors
+    ref = load_file(tiny_ckpt / "model.safetensors")
+    out = load_file(hf / "model.safetensors")
+    assert ref.keys() == out.keys() and all(torch.equal(ref[k], out[k]) for k in ref)
+    assert (hf / "config.json").read_bytes() == (tiny_ckpt / "config.json").read_bytes()
+
 
 def test_bad_nemo_files_and_conversions_fail_clearly(tiny_ckpt, tmp_path, capsys):
     junk = tmp_path / "junk.nemo"

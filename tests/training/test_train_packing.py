@@ -58,13 +58,13 @@ def test_packed_equals_padded(samples, attn, packing_mask):
     assert packed["input_ids"].shape[0] == 1 and padded["input_ids"].shape[0] == 3
 
     # float64 model; eager attention runs its softmax in float32, so its tolerance is float32's
-    tol = dict(rtol=1e-9, atol=1e-12) if attn == "sdpa" else dict(rtol=1e-5, atol=1e-8)
+    tol = {"rtol": 1e-9, "atol": 1e-12} if attn == "sdpa" else {"rtol": 1e-5, "atol": 1e-8}
     out_a, grads_a = _run(model, padded)
     out_b, grads_b = _run(model, packed)
     torch.testing.assert_close(out_b.loss, out_a.loss, **tol)
     assert grads_a.keys() == grads_b.keys() and len(grads_a) > 20
     for name in grads_a:
-        torch.testing.assert_close(grads_b[name], grads_a[name], **tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads_b[name], grads_a[name], **tol, msg=lambda m, name=name: f"{name}: {m}")
 
     # every packed sample sees only itself: its logits equal those of the sample alone
     start = 0
