@@ -5,7 +5,8 @@
     nemo-eagle convert --from hf_dir --to mcore_ckpt/ --format megatron --tp 2 --pp 1
 
 The target format comes from ``--format`` or else from DST (``*.nemo`` -> nemo, otherwise an HF directory).
-A megatron source or target is handed to ``nemo_eagle.megatron.convert.convert``.
+A megatron source or target is handed to ``nemo_eagle.megatron.convert.convert`` (which speaks HF; a ``.nemo``
+on the other side is converted through a temporary HF directory).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +36,13 @@ def source_format(src: str) -> str:
 
 
 def _looks_megatron(p: Path) -> bool:
+    try:
+        from nemo_eagle.megatron.checkpoint import is_megatron_checkpoint
+
+        if is_megatron_checkpoint(p):
+            return True
+    except ImportError:
+        pass
     markers = ("metadata.json", "latest_checkpointed_iteration.txt", "common.pt")
     return any((p / m).exists() for m in markers) or any(p.glob("iter_*")) or any(p.glob("mp_rank_*"))
 
@@ -67,13 +76,24 @@ def _tensors(path: str, fmt: str) -> dict[str, torch.Tensor]:
     return {hf_io.ours_to_hf(k, vt): t for k, t in state.items() if not (tied and k == "language_model.lm_head.weight")}
 
 
-def _megatron(src: str, dst: str, *, to_format: str, tp: int, pp: int, do_verify: bool) -> None:
+def _megatron(src: str, src_fmt: str, dst: str, dst_fmt: str, *, tp: int, pp: int, do_verify: bool) -> None:
+    """Megatron conversions go through the bridge, which speaks HF; a ``.nemo`` end goes via an HF directory."""
     try:
         from nemo_eagle.megatron.convert import convert
     except ImportError as e:
         raise RuntimeError(f"megatron conversion is not available in this installation ({e}); it needs "
                            "nemo_eagle.megatron.convert and megatron-core") from e
-    convert(src, dst, to_format=to_format, tp=tp, pp=pp, verify=do_verify)
+    with tempfile.TemporaryDirectory(prefix="nemo_eagle_convert_") as tmp:
+        if src_fmt == "nemo":  # .nemo -> HF (bitwise) -> megatron
+            src = str(nemo_file.nemo_to_hf(src, Path(tmp) / "hf"))
+        if dst_fmt == "nemo":  # megatron -> HF -> .nemo (bitwise)
+            hf_dir = Path(tmp) / "hf"
+            summary = convert(src, str(hf_dir), to_format="hf", tp=tp, pp=pp, verify=do_verify)
+            nemo_file.hf_to_nemo(hf_dir, dst)
+        else:
+            summary = convert(src, dst, to_format=dst_fmt, tp=tp, pp=pp, verify=do_verify)
+    if isinstance(summary, dict) and "max_logit_diff" in summary:
+        print(f"verified against the reference model: max logit difference {summary['max_logit_diff']:.3e}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         if "megatron" in (src_fmt, dst_fmt):
-            _megatron(args.src, args.dst, to_format=dst_fmt, tp=args.tp, pp=args.pp, do_verify=args.verify)
+            _megatron(args.src, src_fmt, args.dst, dst_fmt, tp=args.tp, pp=args.pp, do_verify=args.verify)
         elif dst_fmt == "nemo":
             nemo_file.hf_to_nemo(args.src, args.dst)
         else:

@@ -113,12 +113,37 @@ def test_megatron_is_delegated_to_the_bridge(tiny_ckpt, tmp_path, monkeypatch, c
     import types
 
     calls = []
+
+    def fake_convert(src, dst, **kw):  # stands in for the bridge: "megatron" is an HF copy here
+        calls.append((src, dst, kw))
+        import shutil
+
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+        return {"max_logit_diff": 0.0} if kw["verify"] else {}
+
     fake = types.ModuleType("nemo_eagle.megatron.convert")
-    fake.convert = lambda src, dst, **kw: calls.append((src, dst, kw))
+    fake.convert = fake_convert
     monkeypatch.setitem(sys.modules, "nemo_eagle.megatron.convert", fake)
     assert convert_main(["--from", str(tiny_ckpt), "--to", str(tmp_path / "m"), "--format", "megatron",
                          "--tp", "2", "--pp", "1", "--verify"]) == 0
     assert calls == [(str(tiny_ckpt), str(tmp_path / "m"), {"to_format": "megatron", "tp": 2, "pp": 1, "verify": True})]
+    assert "max logit difference 0.000e+00" in capsys.readouterr().out
+    # megatron -> .nemo goes through an HF directory; the .nemo holds the bridge's tensors bitwise
+    (tmp_path / "m" / "metadata.json").write_text("{}")
+    (tmp_path / "m" / "config.json").unlink()  # a megatron directory has no HF config.json
+    calls.clear()
+
+    def fake_to_hf(src, dst, **kw):
+        import shutil
+
+        calls.append(kw)
+        shutil.copytree(tiny_ckpt, dst, dirs_exist_ok=True)
+        return {}
+
+    monkeypatch.setattr(fake, "convert", fake_to_hf)
+    assert convert_main(["--from", str(tmp_path / "m"), "--to", str(tmp_path / "m.nemo")]) == 0
+    assert calls[0]["to_format"] == "hf"
+    assert EagleModel.from_pretrained(tmp_path / "m.nemo").config.image_token_id == 424
     monkeypatch.setitem(sys.modules, "nemo_eagle.megatron.convert", None)  # not installed
     assert convert_main(["--from", str(tiny_ckpt), "--to", str(tmp_path / "m2"), "--format", "megatron"]) == 2
     assert "megatron conversion is not available" in capsys.readouterr().err
