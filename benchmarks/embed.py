@@ -53,10 +53,10 @@ def run_mode(emb: EagleEmbedder, docs, queries, db_uri: str, top_k: int) -> dict
     hits = {}
     for name, store in (("brute_force", MemoryStore()), ("store", open_store(db_uri))):
         store.ensure(emb.dim, emb.mode == "multi")
-        _, t_index = timed(lambda: store.upsert(ids, list(doc_vecs), payloads))
+        _, t_index = timed(lambda s=store: s.upsert(ids, list(doc_vecs), payloads))
         latencies, top1 = [], []
         for q in query_vecs:
-            res, t = timed(lambda: store.search(q, top_k))
+            res, t = timed(lambda s=store, q=q: s.search(q, top_k))
             latencies.append(t * 1e3)
             top1.append(res[0].id)
         out[f"{name}_index_s"] = t_index

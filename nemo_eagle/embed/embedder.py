@@ -19,8 +19,15 @@ import torch
 from torch import Tensor, nn
 
 from nemo_eagle.embed import scoring
-from nemo_eagle.embed.inputs import (EmbedInput, InputTooLongError, check_input_type, check_truncate, image_blocks,
-                                     parse_input, truncate_ids)
+from nemo_eagle.embed.inputs import (
+    EmbedInput,
+    InputTooLongError,
+    check_input_type,
+    check_truncate,
+    image_blocks,
+    parse_input,
+    truncate_ids,
+)
 from nemo_eagle.modeling.eagle import positions_from_mask
 
 log = logging.getLogger(__name__)

@@ -181,3 +181,18 @@ def test_save_and_reload_keeps_vectors(tiny_ckpt, tmp_path):
     assert (fresh.embed_queries(["persisted?"])[0] - before[0]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="projection"):
         EagleEmbedder.from_pretrained(tmp_path / "ckpt", projection_dim=16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["single", "multi"])
+def test_cuda_bf16_matches_cpu_fp32(tiny_ckpt, pages, mode):
+    from nemo_eagle.embed import EagleEmbedder
+
+    inputs = [pages[0], "a text passage", (pages[1], "caption")]
+    cpu = EagleEmbedder.from_pretrained(tiny_ckpt, mode=mode, max_tiles=1, bidirectional=mode == "multi")
+    gpu = EagleEmbedder.from_pretrained(tiny_ckpt, mode=mode, max_tiles=1, bidirectional=mode == "multi",
+                                        dtype=torch.bfloat16, device="cuda")
+    for a, b in zip(cpu.embed(inputs, "passage"), gpu.embed(inputs, "passage")):
+        assert b.dtype == torch.float32 and b.device.type == "cpu"
+        cos = torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
+        assert float(cos.min()) > 0.98, cos

@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image
-
 from nemo_eagle.embed.cli import index_main
 from nemo_eagle.embed.store import open_store, point_id
 
@@ -47,7 +45,7 @@ def test_index_kill_and_resume_stores_every_page_once(tmp_path, tiny_ckpt, page_
     assert len(keys) == 200
     db = str(tmp_path / "db")
     args = ["--model", str(tiny_ckpt), "--input", str(tmp_path / "corpus"), "--db", db, "--max-tiles", "1",
-            "--batch-size", "8", "--no-progress"]
+            "--batch-size", "16", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "nemo_eagle.cli", "index", *args], cwd=REPO, env=env,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)

@@ -9,8 +9,17 @@ import pytest
 import torch
 
 from nemo_eagle.embed import EagleEmbedder
-from nemo_eagle.embed.train import (Collator, ContrastiveConfig, Example, apply_lora, fit, info_nce, load_examples,
-                                    merge_lora, recall_at_1)
+from nemo_eagle.embed.train import (
+    Collator,
+    ContrastiveConfig,
+    Example,
+    apply_lora,
+    fit,
+    info_nce,
+    load_examples,
+    merge_lora,
+    recall_at_1,
+)
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "rocket", "castle", "garden", "silver",
          "winter", "forest", "candle", "mirror", "island"]
