@@ -193,7 +193,7 @@ class EagleNeMoModel(ModelPT):
         rank, world = self.trainer.global_rank, self.trainer.world_size
         p = loader.planner
         if (p.rank, p.world_size) != (rank, world):
-            loader.planner = BatchPlanner(p.dataset, p.cfg, rank=rank, world_size=world)
+            loader.planner = p.for_rank(rank, world)
 
     # ----------------------------------------------------------------------------------------- training
     def configure_training(self, optim: OptimConfig) -> None:

@@ -484,6 +484,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.samples: list[Conversation] = []
         self.meta: list[SampleMeta] = []
         self.report = ScanReport()
+        self._tile_cache: dict[tuple[int, int, int | None], int] = {}
         self._scan(manifest, image_root, fmt)
 
     # --------------------------------------------------------------------------------------------- scan
@@ -496,8 +497,8 @@ class ConversationDataset(torch.utils.data.Dataset):
                 root = Path(image_root) if image_root else shard_dir
                 yield where, rec, members, root, "auto"
             return
-        paths = [manifest] if isinstance(manifest, (str, Path)) else list(manifest)
-        for p in paths:
+        paths = str(manifest).split(",") if isinstance(manifest, (str, Path)) else list(manifest)
+        for p in (str(p).strip() for p in paths):
             root = Path(image_root).expanduser() if image_root else Path(p).expanduser().resolve().parent
             for where, rec in read_manifest(Path(p).expanduser()):
                 yield where, rec, None, root, fmt
@@ -546,8 +547,13 @@ class ConversationDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def num_tiles(self, i: int, max_tiles: int | None) -> int:
-        return sum(self.processor.plan(torch.empty(0, h, w), max_tiles=max_tiles).num_tiles
-                   for w, h in self.meta[i].image_sizes)
+        return sum(self._tiles(w, h, max_tiles) for w, h in self.meta[i].image_sizes)
+
+    def _tiles(self, w: int, h: int, max_tiles: int | None) -> int:
+        key = (w, h, max_tiles)
+        if key not in self._tile_cache:  # the processor's own plan; only the shape of the tensor is read
+            self._tile_cache[key] = self.processor.plan(torch.empty(0, h, w), max_tiles=max_tiles).num_tiles
+        return self._tile_cache[key]
 
     def num_tokens(self, i: int, max_tiles: int | None) -> int:
         """Exact token count of sample ``i`` tiled under ``max_tiles`` (None: the checkpoint's limit)."""

@@ -59,9 +59,9 @@ class ModelSpec:
 class DataConfig:
     """Training / validation data.
 
-    Manifests are LLaVA JSON/JSONL, OpenAI ``messages`` JSON/JSONL, or WebDataset shards (a ``.tar`` file, a
-    directory of them, a glob, or a brace pattern ``shards/train-{000000..000009}.tar``). Relative image
-    paths resolve against ``image_root``, which defaults to the manifest's own directory.
+    Manifests are LLaVA JSON/JSONL, OpenAI ``messages`` JSON/JSONL (several: comma-separated), or WebDataset
+    shards (a ``.tar`` file, a directory of them, a glob, or a brace pattern ``shards/train-{000000..000009}.tar``).
+    Relative image paths resolve against ``image_root``, which defaults to each manifest's own directory.
     """
 
     train_manifest: str | None = None

@@ -39,10 +39,15 @@ class PlanConfig:
 class BatchPlanner:
     """Groups samples into micro-batches for one rank; deterministic in (seed, epoch)."""
 
-    def __init__(self, dataset: ConversationDataset, cfg: PlanConfig, *, rank: int = 0, world_size: int = 1):
+    def __init__(self, dataset: ConversationDataset, cfg: PlanConfig, *, rank: int = 0, world_size: int = 1,
+                 eligible: list[int] | None = None):
         self.dataset, self.cfg, self.rank, self.world_size = dataset, cfg, rank, world_size
         self._fingerprint: str | None = None
-        self.eligible = self._drop_too_long()
+        self.eligible = eligible if eligible is not None else self._drop_too_long()
+
+    def for_rank(self, rank: int, world_size: int) -> BatchPlanner:
+        """The same plan seen from another rank (samples are not re-checked)."""
+        return BatchPlanner(self.dataset, self.cfg, rank=rank, world_size=world_size, eligible=self.eligible)
 
     def _drop_too_long(self) -> list[int]:
         budget = self.cfg.max_tokens_per_batch

@@ -113,3 +113,8 @@ def test_image_root_default_is_the_manifest_folder_and_can_be_overridden(tmp_pat
     with pytest.raises(Exception, match="image file not found"):
         ConversationDataset(str(moved), small_processor, on_bad_sample="error")
     assert len(ConversationDataset(str(moved), small_processor, image_root=str(data))) == 1
+    other = tmp_path / "other"
+    write_image(other / "images" / "b.png", (56, 28), (9, 9, 9))
+    second = write_jsonl(other / "more.jsonl", [llava("s", "images/b.png", [("human", "<image>\nq"), ("gpt", "b")])])
+    mixed = ConversationDataset(f"{manifest}, {second}", small_processor)  # each manifest keeps its own root
+    assert [c.id for c in mixed.samples] == ["r", "s"] and mixed.num_tiles(1, 4) == 3
