@@ -120,9 +120,17 @@ class EagleEmbedder(nn.Module):
         >>> emb.score(q, d)                                             # (N_q, N_d)
     """
 
-    def __init__(self, model: nn.Module, processor: Any, config: EmbedderConfig | None = None, **overrides: Any):
+    def __init__(self, model: nn.Module, processor: Any = None, config: EmbedderConfig | None = None, **overrides: Any):
+        """Wrap a loaded ``EagleModel``; ``processor`` defaults to the one of the checkpoint it came from."""
         super().__init__()
         config = replace(config or EmbedderConfig(), **overrides)
+        if processor is None:
+            if getattr(model, "source_dir", None) is None:
+                raise ValueError("pass processor=EagleProcessor.from_pretrained(...): the model was not loaded from "
+                                 "a checkpoint directory, so its tokenizer and tiling are unknown")
+            from nemo_eagle.data.processor import EagleProcessor
+
+            processor = EagleProcessor.from_pretrained(model.source_dir, config=model.config, padding_side="right")
         self.model = model
         self.processor = processor
         self.config = config

@@ -196,3 +196,12 @@ def test_cuda_bf16_matches_cpu_fp32(tiny_ckpt, pages, mode):
         assert b.dtype == torch.float32 and b.device.type == "cpu"
         cos = torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
         assert float(cos.min()) > 0.98, cos
+
+
+def test_wrapping_a_loaded_model(single_embedder):
+    from nemo_eagle.embed import EagleEmbedder
+
+    again = EagleEmbedder(single_embedder.model, max_tiles=1)  # processor from the model's checkpoint
+    torch.testing.assert_close(again.embed_queries(["same weights"]), single_embedder.embed_queries(["same weights"]))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        EagleEmbedder(single_embedder.model, mode="sparse")
