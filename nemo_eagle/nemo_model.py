@@ -51,8 +51,10 @@ class EagleSaveRestoreConnector(SaveRestoreConnector):
     def save_to(self, model: EagleNeMoModel, save_path: str):
         if not is_global_rank_zero():
             return None
-        nemo_file.write_nemo(save_path, model_config=OmegaConf.to_container(model.cfg, resolve=True),
-                             state_dict=model.export_state_dict(), processor_files=model.processor_files)
+        model_config = OmegaConf.to_container(model.cfg, resolve=True)
+        model_config["eagle"] = nemo_file.model_config_dict(model.model.config)["eagle"]  # the live config
+        nemo_file.write_nemo(save_path, model_config=model_config, state_dict=model.export_state_dict(),
+                             processor_files=model.processor_files)
         return save_path
 
 
