@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("nemo_eagle.embed.cli:index_main", "index a folder of images / PDF pages into a vector store"),
     "search": ("nemo_eagle.embed.cli:search_main", "search a vector store"),
     "eval-retrieval": ("nemo_eagle.embed.cli:eval_main", "nDCG@k / recall@k / MRR on a ViDoRe-format dataset"),
+    "train-embedder": ("nemo_eagle.embed.train:main", "contrastive fine-tuning of the embedder (InfoNCE, LoRA)"),
     "synth": ("nemo_eagle.synth.cli:main", "generate synthetic VQA data with a teacher endpoint"),
     "eval": ("nemo_eagle.eval.cli:main", "evaluate on a benchmark (DocVQA, ChartQA, ...)"),
 }
