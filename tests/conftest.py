@@ -11,6 +11,14 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("NEMO_EAGLE_FIXTURES", REPO.parent / "shared" / "fixtures"))
 
 
+def pytest_configure(config):
+    import torch
+
+    # Tiny models are dominated by threading overhead; one thread also keeps test servers and spawned ranks
+    # from oversubscribing a small CI machine.
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

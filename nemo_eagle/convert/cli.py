@@ -30,6 +30,8 @@ def source_format(src: str) -> str:
     p = Path(src)
     if str(src).endswith(".nemo"):
         return "nemo"
+    if (p / "megatron.json").exists():  # nemo_eagle.megatron.checkpoint.META_NAME (these also hold a config.json)
+        return "megatron"
     if p.is_dir() and not (p / "config.json").exists() and _looks_megatron(p):
         return "megatron"
     return "hf"

@@ -94,6 +94,10 @@ class EagleProcessor:
     @classmethod
     def from_pretrained(cls, path: str | Path, *, config: EagleConfig | None = None, **kwargs: Any) -> EagleProcessor:
         """Load from an HF checkpoint directory (or hub id): tokenizer.json, chat_template.json, config.json."""
+        if str(path).endswith(".nemo"):  # the contract stored inside a .nemo
+            from nemo_eagle.convert.nemo_file import load_nemo_processor
+
+            return load_nemo_processor(path, **kwargs)
         from nemo_eagle.hub import resolve_checkpoint
 
         path = resolve_checkpoint(path)
