@@ -187,12 +187,14 @@ def pil_per_tile(image, grid: tuple[int, int], mean=(0.5, 0.5, 0.5), std=(0.5, 0
 
     cols, rows = grid
     resized = image.resize((cols * TILE, rows * TILE), Image.BICUBIC)
-    crops = [resized.crop((c * TILE, r * TILE, (c + 1) * TILE, (r + 1) * TILE)) for r in range(rows) for c in range(cols)]
+    boxes = [(c * TILE, r * TILE, (c + 1) * TILE, (r + 1) * TILE) for r in range(rows) for c in range(cols)]
+    crops = [resized.crop(box) for box in boxes]
     if cols * rows != 1:
         crops.append(image.resize((TILE, TILE), Image.BICUBIC))
     m = np.asarray(mean, np.float32)[:, None, None]
     s = np.asarray(std, np.float32)[:, None, None]
-    return torch.stack([torch.from_numpy((np.asarray(t, np.float32).transpose(2, 0, 1) / 255.0 - m) / s) for t in crops])
+    per_tile = [(np.asarray(t, np.float32).transpose(2, 0, 1) / 255.0 - m) / s for t in crops]  # (3, S, S) each
+    return torch.stack([torch.from_numpy(t) for t in per_tile])
 
 
 def run_cpu(sizes: list[tuple[int, int]], repeat: int) -> None:

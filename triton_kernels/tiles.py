@@ -176,7 +176,9 @@ def _blocks(interpreted: bool) -> tuple[int, int, int, int]:
     return 8, 64, 16, 64  # 64 divides 448 and 512, the real tile sizes: no masked-off lanes
 
 
-def _resize_into_tiles(image: Tensor, out: Tensor, lut: Tensor, rows: int, cols: int, tile_size: int, first_tile: int) -> None:
+def _resize_into_tiles(
+    image: Tensor, out: Tensor, lut: Tensor, rows: int, cols: int, tile_size: int, first_tile: int
+) -> None:
     """Resize ``image`` (3, H, W) to (rows*S, cols*S) and write its rows*cols tiles at ``out[first_tile:]``."""
     _, height, width = image.shape
     out_h, out_w = rows * tile_size, cols * tile_size

@@ -66,7 +66,9 @@ def _bind_reference_ops(model: nn.Module) -> None:
     use_kernels(model, KernelConfig(backend="torch"))
 
 
-def export_image_encoder(model: nn.Module, out: str | Path, *, opset: int = DEFAULT_OPSET, example_tiles: int = 2) -> Path:
+def export_image_encoder(
+    model: nn.Module, out: str | Path, *, opset: int = DEFAULT_OPSET, example_tiles: int = 2
+) -> Path:
     """Write ``out`` (ONNX): input ``pixel_values`` (tiles, 3, S, S), output ``image_embeds``; tiles is dynamic."""
     if opset < 17:
         raise ValueError(f"opset {opset} is too old: LayerNorm needs opset >= 17")

@@ -49,7 +49,8 @@ def build(fn, pointers, constexprs, aligned=(), options=None):
 
 
 u8 = "*u8"
-build(T._resize_rows_kernel, {"src_ptr": u8, "dst_ptr": u8, "table_ptr": "*i32"}, dict(stride_w=1, BLOCK_R=8, BLOCK_W=64))
+build(T._resize_rows_kernel, {"src_ptr": u8, "dst_ptr": u8, "table_ptr": "*i32"},
+      dict(stride_w=1, BLOCK_R=8, BLOCK_W=64))
 build(T._resize_cols_to_tiles_kernel, {"src_ptr": u8, "out_ptr": "*fp32", "table_ptr": "*i32", "lut_ptr": "*fp32"},
       dict(stride_w=1, BLOCK_Y=16, BLOCK_X=64))
 bf = "*bf16"
