@@ -82,8 +82,10 @@ class EagleProcessor:
     """Renders prompts, tiles images and tokenises, for one checkpoint's preprocessing contract."""
 
     def __init__(self, tokenizer: EagleTokenizer, tiling: TilingConfig, *, tokens_per_tile: int = 256,
-                 chat_template: str | None = None, kernels: str = "auto", padding_side: str = "left"):
+                 chat_template: str | None = None, kernels: str = "auto", padding_side: str = "left",
+                 device: str | torch.device | None = None):
         self.tokenizer = tokenizer
+        self.device = torch.device(device) if device is not None else None  # where tiling runs (GPU: fused kernel)
         self.tiling = tiling
         self.tokens_per_tile = tokens_per_tile
         self.chat_template = chat_template
@@ -169,6 +171,8 @@ class EagleProcessor:
     def tile(self, image: torch.Tensor, plan: TilePlan) -> torch.Tensor:
         """uint8 (3, H, W) -> float32 (num_tiles, 3, S, S) through the registry's ``tile_images`` op."""
         t = self.tiling
+        if self.device is not None:
+            image = image.to(self.device, non_blocking=True)
         return self.tile_op(image, plan.grid, t.tile_size, t.use_thumbnail, t.image_mean, t.image_std)
 
     def preprocess_images(self, images: Sequence[ImageInput], *, max_tiles: int | None = None,
@@ -188,7 +192,7 @@ class EagleProcessor:
             log.debug("tiling plan: %s", p.describe())
         if not tensors:
             s = self.tiling.tile_size
-            return torch.empty(0, 3, s, s), []
+            return torch.empty(0, 3, s, s, device=self.device), []
         return torch.cat([self.tile(x, p) for x, p in zip(tensors, plans)]), plans
 
     # --------------------------------------------------------------------------------------------- call

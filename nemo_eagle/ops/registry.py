@@ -99,8 +99,16 @@ def resolve(op: str, backend: str = "auto") -> tuple[Callable[..., Any], str]:
     if backend == "triton":
         return fast.fn, "triton"
 
+    declined: set[str] = set()
+
     def dispatch(*args, **kwargs):
-        return fast.fn(*args, **kwargs) if fast.supports(*args, **kwargs) else ref(*args, **kwargs)
+        if fast.supports(*args, **kwargs):
+            return fast.fn(*args, **kwargs)
+        where = ",".join(sorted({str(a.device) for a in args if hasattr(a, "device")})) or "these inputs"
+        if where not in declined:  # log each kind of fallback once, not on every call
+            declined.add(where)
+            log.info("kernels: %s -> torch for inputs on %s (the triton kernel does not support them)", op, where)
+        return ref(*args, **kwargs)
 
     return dispatch, "triton"
 
