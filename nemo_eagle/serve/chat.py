@@ -102,7 +102,8 @@ def make_jobs(req: ChatCompletionRequest, plan: RequestPlan, images: list[Fetche
     return [GenerationJob(request_id=f"{cid}-{i}", prompt=plan.prompt, max_tiles=plan.max_tiles,
                           max_new_tokens=plan.max_new_tokens, temperature=req.temperature or 0.0,
                           top_p=req.top_p or 1.0, seed=None if req.seed is None else req.seed + i,
-                          stop=list(req.stop or []), images=[im.data for im in images]) for i in range(req.n)]
+                          stop=list(req.stop or []), stream=req.stream, images=[im.data for im in images])
+            for i in range(req.n)]
 
 
 # ------------------------------------------------------------------------------------------------ route

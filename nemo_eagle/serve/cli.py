@@ -36,6 +36,8 @@ def setup_logging(settings: ServeSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [h for h in root.handlers if not getattr(h, "_nemo_eagle", False)] + [handler]
     root.setLevel(level)
+    for noisy in ("httpx", "httpcore", "grpc"):  # one line per internal call (metrics scrape, gRPC polling)
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def _uvicorn_server(app, settings: ServeSettings):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -47,6 +48,7 @@ class GenerationJob:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    stream: bool = True  # False: only the first and the last event (less traffic for non-streaming requests)
     images: list[bytes] = field(default_factory=list, repr=False)
 
     def header(self) -> bytes:
@@ -246,6 +248,7 @@ class Engine:
         if self.model is None:
             raise RuntimeError("this Engine was built without a model (load_model=False)")
         cancelled = cancelled or (lambda i: False)
+        started = time.perf_counter()
         ready: dict[tuple, list[tuple[int, GenerationJob, Any]]] = {}
         for i, job in enumerate(jobs):
             try:
@@ -262,8 +265,12 @@ class Engine:
                 yield i, GenerationEvent(finish_reason="error", error=err.to_dict())
                 continue
             ready.setdefault(job.group_key, []).append((i, job, batch))
+        log.debug("preprocessed %d job(s) in %.3fs (threads=%d)", len(jobs), time.perf_counter() - started,
+                  torch.get_num_threads())
         for group in ready.values():
+            t0 = time.perf_counter()
             yield from self._generate(group, cancelled)
+            log.debug("decoded a group of %d in %.3fs", len(group), time.perf_counter() - t0)
 
     # ------------------------------------------------------------------------------ embeddings, ranking
     @property
@@ -331,44 +338,50 @@ class Engine:
         counts = [0] * len(group)
         active = [True] * len(group)
         started = [False] * len(group)
+        held = [""] * len(group)  # text of non-streaming jobs, sent with their last event
         eos = self.tokenizer.eos_token_id
 
-        def event(r: int, **kw: Any) -> tuple[int, GenerationEvent]:
+        def event(r: int, text: str = "", finish_reason: str | None = None) -> tuple[int, GenerationEvent] | None:
             i, job, batch = group[r]
+            if finish_reason is None and started[r] and not job.stream:
+                held[r] += text
+                return None
+            kw: dict[str, Any] = {}
             if not started[r]:
                 started[r] = True
                 kw.update(prompt_tokens=int(batch["attention_mask"].sum()), batch_size=len(group),
                           tiling=[p.to_dict() for p in batch.plans])
-            return i, GenerationEvent(completion_tokens=counts[r], **kw)
+            if finish_reason is not None:
+                active[r] = False
+            text, held[r] = held[r] + text, ""
+            return i, GenerationEvent(text=text, finish_reason=finish_reason, completion_tokens=counts[r], **kw)
 
         steps = iter_tokens(self.model, ids, mask, pixel_values, cfg)
         try:
             for nxt, _ in steps:
+                out: list[tuple[int, GenerationEvent] | None] = []
                 for r in range(len(group)):
                     if not active[r]:
                         continue
                     i, job, _ = group[r]
                     if cancelled(i):
-                        active[r] = False
-                        yield event(r, finish_reason="cancelled")
+                        out.append(event(r, finish_reason="cancelled"))
                         continue
                     token = int(nxt[r])
                     counts[r] += 1
                     if token == eos:
-                        active[r] = False
-                        yield event(r, text=detok[r].flush(), finish_reason="stop")
+                        out.append(event(r, detok[r].flush(), "stop"))
                         continue
                     text = detok[r].add(token)
                     if detok[r].stopped or counts[r] >= job.max_new_tokens:
-                        active[r] = False
-                        reason = "stop" if detok[r].stopped else "length"
-                        yield event(r, text=text + detok[r].flush(), finish_reason=reason)
+                        out.append(event(r, text + detok[r].flush(), "stop" if detok[r].stopped else "length"))
                     elif text or not started[r]:
-                        yield event(r, text=text)
+                        out.append(event(r, text))
+                yield from (e for e in out if e is not None)
                 if not any(active):
                     break
         finally:
             steps.close()
         for r in range(len(group)):  # iter_tokens ended early (every row hit EOS on the model's side)
             if active[r]:
-                yield event(r, text=detok[r].flush(), finish_reason="stop")
+                yield event(r, detok[r].flush(), "stop")

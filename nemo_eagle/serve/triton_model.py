@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from nemo_eagle.serve.engine import Engine, EngineError, GenerationEvent, Genera
 
 log = logging.getLogger("nemo_eagle.serve.triton_model")
 
+CANCEL_CHECK_S = 0.05  # how often a running request asks Triton whether its client cancelled
 BATCH_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
 
 
@@ -83,8 +85,19 @@ class TritonPythonModel:
             done[k] = True
         if jobs:
             self.m_batch.observe(float(len(jobs)))
+        checked: dict[int, tuple[float, bool]] = {}
+
+        def cancelled(i: int) -> bool:
+            """Ask Triton (an IPC round trip) at most every CANCEL_CHECK_S per request."""
+            now = time.monotonic()
+            last, value = checked.get(i, (-1.0, False))
+            if not value and now - last >= CANCEL_CHECK_S:
+                value = bool(requests[owner[i]].is_cancelled())
+                checked[i] = (now, value)
+            return value
+
         try:
-            for i, ev in self.engine.run_batch(jobs, lambda i: requests[owner[i]].is_cancelled()):
+            for i, ev in self.engine.run_batch(jobs, cancelled):
                 k = owner[i]
                 if ev.tiling:
                     self.m_tiles.increment(float(sum(t["num_tiles"] for t in ev.tiling)))
