@@ -48,7 +48,7 @@ class Result:
 
     def pct(self, q: float) -> float:
         xs = sorted(self.latencies)
-        return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
+        return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] if xs else float("nan")
 
 
 def merge(results: list[Result]) -> Result:
@@ -206,13 +206,13 @@ async def compare(url: str, model_id: str, requests, args) -> tuple[Result, Resu
 
 def report(rest: Result, local: Result, args) -> str:
     rows = [("REST -> Triton -> model", rest), ("in-process engine", local)]
-    lines = [f"{len(rest.latencies)}/{args.requests} requests, concurrency {args.concurrency}, max_tokens "
-             f"{args.max_tokens}, {args.images} image(s)/request, max_tiles {args.max_tiles}",
+    lines = [(f"{len(rest.latencies)}/{args.requests} requests, concurrency {args.concurrency}, max_tokens "
+              f"{args.max_tokens}, {args.images} image(s)/request, max_tiles {args.max_tiles}"),
              f"{'path':<26}{'req/s':>9}{'tok/s':>10}{'p50 s':>9}{'p95 s':>9}{'errors':>8}"]
     for name, r in rows:
         lines.append(f"{name:<26}{r.throughput:>9.2f}{r.tokens_per_s:>10.1f}{r.pct(0.5):>9.3f}{r.pct(0.95):>9.3f}"
                      f"{r.errors:>8}")
-    ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
+    ratio = lambda a, b: a / b if b else float("nan")
     lines.append(f"ratio REST/in-process: throughput {ratio(rest.throughput, local.throughput):.2f}x, "
                  f"p50 latency {ratio(rest.pct(0.5), local.pct(0.5)):.2f}x, "
                  f"p95 latency {ratio(rest.pct(0.95), local.pct(0.95)):.2f}x")

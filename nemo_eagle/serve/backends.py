@@ -15,7 +15,8 @@ import json
 import logging
 import queue
 import threading
-from typing import Any, AsyncIterator, Protocol, runtime_checkable
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -205,7 +206,7 @@ class LocalBackend:
                     task.put(self.engine.run_task(task.job))
                 except EngineError as e:
                     task.put(e)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:  # a bug, not the client's fault: 5xx, keep serving
                     log.exception("local engine failed on a %s task", task.job.get("task"))
                     task.put(BackendError(f"{type(e).__name__}: {e}"))
             batch = [r for r in batch if not r.cancelled and not isinstance(r.job, dict)]
@@ -213,11 +214,11 @@ class LocalBackend:
                 continue
             self.batch_sizes.append(len(batch))
             try:
-                for i, event in self.engine.run_batch([r.job for r in batch], lambda i: batch[i].cancelled):
+                for i, event in self.engine.run_batch([r.job for r in batch], lambda i, b=batch: b[i].cancelled):
                     batch[i].put(event)
                     if event.finish_reason is not None:
                         self.finished.append((batch[i].job.request_id, (event.finish_reason, event.completion_tokens)))
-            except Exception as e:  # noqa: BLE001 - report to every waiting request, keep serving
+            except Exception as e:  # report to every waiting request, keep serving
                 log.exception("local engine failed on a batch of %d", len(batch))
                 for r in batch:
                     r.put(BackendError(f"generation failed: {type(e).__name__}: {e}"))

@@ -12,9 +12,10 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -28,8 +29,8 @@ from nemo_eagle.serve.schema import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatMessage,
-    ChunkChoice,
     Choice,
+    ChunkChoice,
     Delta,
     ErrorResponse,
     ImagePart,
@@ -146,7 +147,9 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     if req.stream:
         body = _sse(st, req, cid, streams, firsts, completion, started)
         return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    await _until_disconnect(request, _collect(st, streams, firsts, completion), streams)
+    if not await _until_disconnect(request, _collect(st, streams, firsts, completion), streams):
+        # nobody reads this; 499 (nginx's "client closed request") keeps the metrics honest
+        return error_response(499, "client disconnected before the answer was complete", code="client_closed_request")
     _log_request(st, cid, plan, completion, started)
     return ChatCompletion(id=cid, model=st.model_name, usage=completion.usage, tiling=completion.tiling, choices=[
         Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)
@@ -246,20 +249,21 @@ async def _collect(st: ServeState, streams: list, firsts: list[GenerationEvent],
     st.metrics.completion_tokens.inc(completion.usage.completion_tokens)
 
 
-async def _until_disconnect(request: Request, work: Any, streams: list) -> None:
-    """Run ``work``; if the client disconnects first, cancel it (which cancels the backend jobs)."""
+async def _until_disconnect(request: Request, work: Any, streams: list) -> bool:
+    """Run ``work``; if the client disconnects first, cancel it (which cancels the backend jobs) and say so."""
     task = asyncio.ensure_future(work)
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=0.25)
             if done:
-                return task.result()
+                task.result()
+                return True
             if await request.is_disconnected():
                 log.info("client disconnected; cancelling %d job(s)", len(streams))
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 await _close_all(streams)
-                raise asyncio.CancelledError("client disconnected")
+                return False
     finally:
         if not task.done():
             task.cancel()

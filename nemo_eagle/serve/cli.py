@@ -46,7 +46,7 @@ def _uvicorn_server(app, settings: ServeSettings):
     class DrainingServer(uvicorn.Server):
         """Marks the app as draining (ready -> 503, new chat requests -> 503) the moment a signal arrives."""
 
-        def handle_exit(self, sig, frame):  # noqa: ANN001 - uvicorn's signature
+        def handle_exit(self, sig, frame):  # uvicorn's signal hook
             if not app.state.serve.draining:
                 log.info("signal %s: draining in-flight requests (up to %.0fs)", sig, settings.drain_timeout)
             app.state.serve.draining = True
@@ -59,7 +59,7 @@ def _uvicorn_server(app, settings: ServeSettings):
     return DrainingServer(config)
 
 
-def _after_drain(sig: int, frame) -> None:  # noqa: ANN001 - signal handler signature
+def _after_drain(sig: int, frame) -> None:
     log.debug("signal %s after the REST server stopped; continuing shutdown", sig)
 
 

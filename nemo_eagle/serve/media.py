@@ -92,7 +92,7 @@ class ImageFetcher:
     async def fetch(self, url: str, *, name: str) -> FetchedImage:
         s = self.settings
         if url.startswith("data:"):
-            head, _, payload = url.partition(",")
+            payload = url.partition(",")[2]
             if 3 * (len(payload) // 4) > s.max_image_bytes:
                 raise _too_large(f"{name}: image is about {3 * (len(payload) // 4)} bytes, over the limit of "
                                  f"{s.max_image_bytes} bytes", name)

@@ -14,8 +14,16 @@ from fastapi import APIRouter, Request
 
 from nemo_eagle.serve.app import ServeState
 from nemo_eagle.serve.engine import EngineError
-from nemo_eagle.serve.schema import (Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, ErrorResponse,
-                                     Ranking, RankingRequest, RankingResponse)
+from nemo_eagle.serve.schema import (
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    ErrorResponse,
+    Ranking,
+    RankingRequest,
+    RankingResponse,
+)
 
 log = logging.getLogger("nemo_eagle.serve")
 router = APIRouter()

@@ -122,7 +122,7 @@ class TritonServer:
 
     def __init__(self, settings: ServeSettings, model_path: str):
         self.settings, self.model_path = settings, model_path
-        pick = lambda p: p or free_port()  # noqa: E731
+        pick = lambda p: p or free_port()
         self.ports = TritonPorts(pick(settings.triton_grpc_port), pick(settings.triton_http_port),
                                  pick(settings.triton_metrics_port))
         self.process: subprocess.Popen | None = None
@@ -144,7 +144,7 @@ class TritonServer:
         return f"http://{self.address}:{self.ports.metrics}/metrics"
 
     def write_repository(self) -> Path:
-        binary, backend, stub = pytriton_dist()
+        _, backend, stub = pytriton_dist()
         models = self.workspace / "models"
         (models / TRITON_MODEL_NAME / "1").mkdir(parents=True, exist_ok=True)
         (models / TRITON_MODEL_NAME / "config.pbtxt").write_text(render_config(self.settings, self.model_path))
@@ -180,7 +180,8 @@ class TritonServer:
                  self.grpc_url, self.metrics_url, self.settings.triton_max_batch_size,
                  self.settings.triton_dynamic_batching_max_queue_delay_microseconds)
         self.process = subprocess.Popen(cmd, env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                        stdin=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent)  # noqa: PLW1509 - called from the main thread
         threading.Thread(target=self._pump_logs, name="tritonserver-log", daemon=True).start()
 
     def _pump_logs(self) -> None:
@@ -212,8 +213,8 @@ class TritonServer:
                     if client.is_model_ready(TRITON_MODEL_NAME):
                         log.info("Triton model %r ready", TRITON_MODEL_NAME)
                         return
-                except Exception:  # noqa: BLE001 - not listening yet
-                    pass
+                except Exception as e:  # noqa: BLE001 - not listening yet
+                    log.debug("Triton not answering yet: %s", type(e).__name__)
                 if time.monotonic() - last_note > 15:
                     log.info("waiting for Triton to load the model...")
                     last_note = time.monotonic()

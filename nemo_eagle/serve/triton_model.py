@@ -111,14 +111,13 @@ class TritonPythonModel:
                 else:
                     senders[k].send(self._event(ev.to_json()), flags=final)
                 done[k] = True
-        except Exception as e:  # noqa: BLE001 - fail the batch's requests, keep the model alive
+        except Exception as e:  # fail this batch's requests, keep the model alive
             log.exception("generation failed for a batch of %d", len(jobs))
             for k, sender in enumerate(senders):
                 if not done[k]:
                     sender.send(pb.InferenceResponse(error=pb.TritonError(f"generation failed: {type(e).__name__}: "
                                                                           f"{e}")), flags=final)
                     done[k] = True
-        return None
 
     def finalize(self) -> None:
         log.info("Eagle model unloading")

@@ -70,7 +70,7 @@ class ServeProcess:
         cmd = [sys.executable, "-m", "nemo_eagle.cli", "serve", "--model", str(model), "--port", str(self.port),
                "--triton-grpc-port", "0", "--triton-http-port", "0", "--triton-metrics-port", "0", *extra]
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.log = open(log_path, "wb")
+        self.log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process; closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 240.0) -> None:

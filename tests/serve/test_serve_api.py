@@ -251,6 +251,54 @@ async def test_private_image_urls_refused(engine):
         assert_openai_error(r, 400, "allow-list")
 
 
+@pytest.fixture
+def image_host():
+    """A local HTTP server: /ok.png (an image), /big.png (over the limit), /moved (a redirect)."""
+    import http.server
+    import threading
+
+    ok, big = png_bytes(40, 30, 8), png_bytes(200, 200, 9)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/moved":
+                self.send_response(302)
+                self.send_header("Location", "/ok.png")
+                self.end_headers()
+                return
+            body = {"/ok.png": ok, "/big.png": big}.get(self.path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", ok
+    server.shutdown()
+
+
+async def test_image_urls_from_an_allowed_host(engine, image_host):
+    base, ok = image_host
+    client, app = make_client(engine, allowed_image_hosts=["127.0.0.1"], allow_private_image_urls=True,
+                              max_image_bytes=20_000)
+    async with client:
+        r = await client.post("/v1/chat/completions", json=chat_body(image_message([base + "/ok.png"], "x"),
+                                                                      max_tiles=1))
+        assert r.status_code == 200, r.text
+        assert app.state.serve.backend.jobs[-1].images == [ok]
+        assert r.json()["tiling"][0]["width"] == 40
+        assert_openai_error(await client.post("/v1/chat/completions", json=chat_body(
+            image_message([base + "/big.png"], "x"))), 413, "20000 bytes")
+        assert_openai_error(await client.post("/v1/chat/completions", json=chat_body(
+            image_message([base + "/moved"], "x"))), 400, "HTTP 302", "redirects")
+        assert_openai_error(await client.post("/v1/chat/completions", json=chat_body(
+            image_message([base + "/missing.png"], "x"))), 400, "HTTP 404")
+
+
 async def test_backend_reported_client_error_is_4xx(engine):
     fail = {"message": "image 0: image data is corrupt or truncated", "status": 400, "code": "invalid_image"}
     client, _ = make_client(engine, FakeBackend(fail_with=fail))
@@ -369,3 +417,24 @@ def test_serve_cli_reports_missing_model(capsys, monkeypatch):
     assert main(["--model", "/no/such/dir", "--backend", "local"]) == 2
     assert main(["--port", "not-a-port"]) == 2
     assert "server_port" in capsys.readouterr().err
+
+
+async def test_tracing_middleware_records_spans(engine):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from nemo_eagle.serve.telemetry import TracingMiddleware
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    client, app = make_client(engine)
+    app.add_middleware(TracingMiddleware, tracer=provider.get_tracer("test"), span_kind=SpanKind.SERVER)
+    async with client:
+        await client.post("/v1/chat/completions", json=chat_body("x"))
+        await client.get("/v1/models")
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert spans["POST /v1/chat/completions"].attributes["http.status_code"] == 200
+    assert spans["GET /v1/models"].kind == SpanKind.SERVER

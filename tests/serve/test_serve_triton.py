@@ -185,27 +185,36 @@ def test_32_concurrent_requests_are_batched(server, engine):
     assert metric_value(after, "nemo_eagle_batch_size_sum") > metric_value(after, "nemo_eagle_batch_size_count")
 
 
-def test_client_disconnect_cancels_generation(server):
-    before = triton_metrics(server)
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "go"}], "max_tokens": 3000,
-            "temperature": 1.0, "seed": 1, "stream": True}
-    with httpx.stream("POST", server.base + "/v1/chat/completions", json=body, timeout=60) as resp:
-        assert resp.status_code == 200
-        lines = resp.iter_lines()
-        got = [next(lines) for _ in range(6)]
-    assert any(line.startswith("data: ") for line in got)
+def _wait_for_cancel(server, before: str) -> str:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         after = triton_metrics(server)
         if metric_value(after, "nemo_eagle_triton_cancelled") > metric_value(before, "nemo_eagle_triton_cancelled"):
-            break
+            return after
         time.sleep(0.2)
+    pytest.fail("Triton never saw the cancellation:\n" + server.logs()[-2000:])
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_cancels_generation(server, stream):
+    before = triton_metrics(server)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "go"}], "max_tokens": 3000,
+            "temperature": 1.0, "seed": 1, "stream": stream}
+    if stream:
+        with httpx.stream("POST", server.base + "/v1/chat/completions", json=body, timeout=60) as resp:
+            assert resp.status_code == 200
+            lines = resp.iter_lines()
+            assert any(next(lines).startswith("data: ") for _ in range(6))
     else:
-        pytest.fail("Triton never saw the cancellation")
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up waiting
+            httpx.post(server.base + "/v1/chat/completions", json=body, timeout=1.5)
+    after = _wait_for_cancel(server, before)
     generated = (metric_value(after, "nemo_eagle_triton_generated_tokens")
                  - metric_value(before, "nemo_eagle_triton_generated_tokens"))
     assert generated < 3000
-    assert metric_value(after, "nemo_eagle_cancelled_total") >= 1
+    assert metric_value(after, "nemo_eagle_cancelled_total") > metric_value(before, "nemo_eagle_cancelled_total")
+    if not stream:
+        assert metric_value(after, "nemo_eagle_requests_total", route="/v1/chat/completions", status="499") >= 1
 
 
 def test_embeddings_and_ranking_through_triton(server, client, engine):
