@@ -18,12 +18,13 @@ from typing import Any
 import torch
 
 from nemo_eagle.data.images import ImageError
-from nemo_eagle.data.processor import EagleProcessor
+from nemo_eagle.data.processor import IMG_CONTEXT, IMG_END, IMG_START, EagleProcessor
 from nemo_eagle.tiling import TilePlan, fit_plans_to_budget
 
 log = logging.getLogger(__name__)
 
 MAX_CHAR_TOKENS = 4  # byte-level tokens one UTF-8 character can span
+RESERVED_MARKUP = (IMG_CONTEXT, IMG_START, IMG_END)  # only the processor writes these
 
 
 class EngineError(Exception):
@@ -194,6 +195,12 @@ class Engine:
 
     # ------------------------------------------------------------------------------------ REST front side
     def render(self, messages: list[dict[str, Any]]) -> str:
+        for m in messages:  # image markup typed by the user would desynchronise image tokens and features
+            parts = [m["content"]] if isinstance(m["content"], str) else [p.get("text", "") for p in m["content"]]
+            for token in RESERVED_MARKUP:
+                if any(token in text for text in parts):
+                    raise EngineError(f"message text may not contain the reserved image markup {token!r}",
+                                      param="messages")
         try:
             return self.processor.apply_chat_template(messages, add_generation_prompt=True)
         except ValueError as e:

@@ -187,6 +187,7 @@ BAD_REQUESTS = {
         {"type": "image_url", "image_url": {"url": data_url(png_bytes(8, 8))}}]}]), 400, ("user messages",)),
     "max_tiles over the cap": (chat_body("x", max_tiles=40), 400, ("max_tiles",)),
     "prompt too long": (chat_body("word " * 5000), 400, ("exceeds the context",)),
+    "image markup in text": (chat_body("look <IMG_CONTEXT> here"), 400, ("reserved image markup",)),
     "prompt + max_tokens too long": (chat_body("x", max_tokens=5000), 400, ("max_tokens=5000",)),
 }
 
