@@ -180,6 +180,11 @@ def build_model(cfg: EagleConfig, opts: MegatronOptions, *, pre_process: bool | 
     pre = parallel_state.is_pipeline_first_stage() if pre_process is None else pre_process
     post = parallel_state.is_pipeline_last_stage() if post_process is None else post_process
     model = EagleMegatronModel(cfg, opts, impl=impl, pre_process=pre, post_process=post)
+    if impl == "local":
+        # megatron's local norms (torch LayerNorm / RMSNorm wrappers) ignore params_dtype: match the activations
+        for module in model.modules():
+            if isinstance(module, (nn.LayerNorm, getattr(nn, "RMSNorm", nn.LayerNorm))):
+                module.to(opts.torch_dtype)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     log.info("built megatron EAGLE2 stage (impl=%s, tp=%d, pp=%d, first=%s, last=%s, dtype=%s, fp8=%s)",

@@ -17,6 +17,16 @@ from nemo_eagle.training.callbacks import read_step_log
 from nemo_eagle.training.run import CONF_DIR, load_run, train
 
 
+def _te_or_skip():
+    """Transformer Engine, or a skip naming why (it raises RuntimeError, not ImportError, when half-installed)."""
+    from nemo_eagle.training.precision import require_te
+
+    try:
+        return require_te()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"transformer_engine is not usable on this GPU machine: {e}")
+
+
 def _fp8_exclude() -> list[str]:
     import yaml
 
@@ -25,9 +35,9 @@ def _fp8_exclude() -> list[str]:
 
 @pytest.mark.gpu
 def test_te_swap_keeps_keys_and_matches_the_reference():
-    from nemo_eagle.training.precision import require_te, swap_to_te
+    from nemo_eagle.training.precision import swap_to_te
 
-    te = require_te()
+    te = _te_or_skip()
     cfg = EagleConfig(
         vision=VisionConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
                             image_size=28, patch_size=14),
@@ -56,6 +66,9 @@ def test_te_swap_keeps_keys_and_matches_the_reference():
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16", "fp8_te"])
 def test_a_few_gpu_training_steps(precision, tiny_ckpt, color_data, tmp_path):
+    pytest.importorskip("hydra", reason="the training entry point composes Hydra configs (install the nemo extra)")
+    if precision == "fp8_te":
+        _te_or_skip()
     exp = tmp_path / precision
     run = load_run(tiny_overrides(tiny_ckpt, color_data, exp, f"precision={precision}", "trainer.accelerator=gpu",
                                   "trainer.max_steps=4", "data.micro_batch_size=4", "optim.lr=1e-3"))
