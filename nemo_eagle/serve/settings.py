@@ -110,7 +110,7 @@ class ServeSettings(BaseSettings):
 # ------------------------------------------------------------------------------------------- CLI flags
 def _field_flags(name: str, info: Any) -> list[str]:
     extra = info.json_schema_extra or {}
-    return [f"--{name.replace('_', '-')}", *extra.get("cli_flags", [])]
+    return [*extra.get("cli_flags", []), f"--{name.replace('_', '-')}"]  # the short spelling shows in usage
 
 
 def add_settings_args(parser: argparse.ArgumentParser) -> None:
