@@ -380,7 +380,8 @@ def _supports(features, ln_weight, ln_bias, w1, b1, w2, b2, shuffle_factor=2, ep
     return shapes_ok and can_launch(*tensors)
 
 
-@register("project_tokens", "triton", supports=_supports)
+# Opt-in: on an H100 the fused GEMM ran at 0.5x cuBLAS (benchmarks/RESULTS.md), so `auto` keeps the reference.
+@register("project_tokens", "triton", supports=_supports, in_auto=False)
 def project_tokens(
     features: Tensor,
     ln_weight: Tensor,

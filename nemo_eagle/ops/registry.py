@@ -24,6 +24,7 @@ _BACKEND_MODULES = {"triton": "triton_kernels"}
 class Impl:
     fn: Callable[..., Any]
     supports: Callable[..., bool]
+    in_auto: bool = True  # False: only used when asked for by name (measured slower than the reference)
 
 
 @dataclass(kw_only=True)
@@ -43,13 +44,16 @@ _REGISTRY: dict[str, dict[str, Impl]] = defaultdict(dict)
 _LOAD_ERRORS: dict[str, str] = {}
 
 
-def register(op: str, backend: str, *, supports: Callable[..., bool] = lambda *a, **k: True):
-    """Decorator registering ``fn`` as ``backend``'s implementation of ``op``."""
+def register(op: str, backend: str, *, supports: Callable[..., bool] = lambda *a, **k: True, in_auto: bool = True):
+    """Decorator registering ``fn`` as ``backend``'s implementation of ``op``.
+
+    ``in_auto=False`` keeps a correct but slower implementation out of ``auto``; naming the backend still uses it.
+    """
 
     def deco(fn):
         if backend in _REGISTRY[op]:
             raise ValueError(f"duplicate registration {op}/{backend}")
-        _REGISTRY[op][backend] = Impl(fn, supports)
+        _REGISTRY[op][backend] = Impl(fn, supports, in_auto)
         return fn
 
     return deco
@@ -98,6 +102,9 @@ def resolve(op: str, backend: str = "auto") -> tuple[Callable[..., Any], str]:
         return ref, "torch"
     if backend == "triton":
         return fast.fn, "triton"
+    if not fast.in_auto:
+        log.info("kernels: %s -> torch (the triton kernel is opt-in: slower than the reference where measured)", op)
+        return ref, "torch"
 
     declined: set[str] = set()
 

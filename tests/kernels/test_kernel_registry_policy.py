@@ -38,12 +38,21 @@ def test_auto_on_cpu_runs_the_reference_and_never_launches_a_kernel(monkeypatch)
 
     monkeypatch.setattr(projector, "project_tokens_fwd", boom)
     monkeypatch.setattr(tiles, "tile_images_op", boom)
-    fn, used = resolve("project_tokens", "auto")
+    fn, used = resolve("tile_images", "auto")
     assert used == "triton"  # the backend loads; the per-call check sends CPU tensors to torch
-    args = _project_args()
-    torch.testing.assert_close(fn(*args), reference.project_tokens(*args), atol=0, rtol=0)
     image = torch.randint(0, 256, (3, 9, 13), dtype=torch.uint8)
-    assert torch.equal(get_op("tile_images", "auto")(image, (2, 1), 14), reference.tile_images(image, (2, 1), 14))
+    assert torch.equal(fn(image, (2, 1), 14), reference.tile_images(image, (2, 1), 14))
+    args = _project_args()
+    torch.testing.assert_close(get_op("project_tokens", "auto")(*args), reference.project_tokens(*args), atol=0, rtol=0)
+
+
+def test_opt_in_kernel_is_kept_out_of_auto_but_used_by_name(caplog):
+    # project_tokens' Triton GEMM measured slower than cuBLAS, so it is registered with in_auto=False
+    with caplog.at_level(logging.INFO, logger="nemo_eagle.ops.registry"):
+        fn, used = resolve("project_tokens", "auto")
+    assert (fn, used) == (reference.project_tokens, "torch") and "opt-in" in caplog.text
+    fast, used = resolve("project_tokens", "triton")
+    assert used == "triton" and fast is not reference.project_tokens
 
 
 @pytest.mark.usefixtures("no_interpreter")
