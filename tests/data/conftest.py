@@ -1,18 +1,8 @@
-"""Fixtures for the data tests: a small-tile processor over the tiny checkpoint's tokenizer, one CPU thread."""
+"""Fixtures for the data tests: a small-tile processor over the tiny checkpoint's tokenizer."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread is faster, and avoids oversubscribing a shared CPU.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
