@@ -215,8 +215,9 @@ def cache_kwargs(language_model: nn.Module, cache: Any) -> dict[str, Any]:
 
 
 def output_cache(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
+    if "cache" in getattr(out, "__dataclass_fields__", {}):  # transformers 5.x (reading the old name warns)
+        return out.cache
+    return getattr(out, "past_key_values", None)
 
 
 _CACHE_ARG: dict[type, str] = {}
