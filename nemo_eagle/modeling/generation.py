@@ -6,6 +6,7 @@ cache. ``use_cache=False`` recomputes the whole sequence each step (the oracle t
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -77,7 +78,7 @@ def sample_next(logits: Tensor, cfg: GenerationConfig, generator: torch.Generato
 def iter_tokens(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | None, pixel_values: Tensor | None,
                 cfg: GenerationConfig) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (next_ids (B,), finished (B,)) per step until every row stopped or max_new_tokens is reached."""
-    from nemo_eagle.modeling.eagle import cache_kwargs, output_cache, positions_from_mask
+    from nemo_eagle.modeling.eagle import output_cache, positions_from_mask
 
     device = model.device
     input_ids = input_ids.to(device)
@@ -90,14 +91,12 @@ def iter_tokens(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | N
     embeds = model.embed_inputs(input_ids, pixel_values.to(device) if pixel_values is not None else None)
     positions = positions_from_mask(mask)
     cache = None
-    step_embeds, step_pos, step_mask = embeds, positions, mask
+    step_embeds, step_pos = embeds, positions
     for _ in range(cfg.max_new_tokens):
+        with _decode_attention(device):
+            out = _step(model, cfg, step_embeds, step_pos, mask, cache, embeds, positions)
         if cfg.use_cache:
-            out = model.language_model(inputs_embeds=step_embeds, attention_mask=mask, position_ids=step_pos,
-                                       use_cache=True, **cache_kwargs(model.language_model, cache))
             cache = output_cache(out)
-        else:
-            out = model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
         nxt = sample_next(out.logits[:, -1, :], cfg, generator)
         nxt = torch.where(finished, torch.full_like(nxt, cfg.pad_token_id), nxt)
         done_now = torch.tensor([int(t) in eos for t in nxt.tolist()], device=device) & ~finished
@@ -117,6 +116,26 @@ def iter_tokens(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | N
         embeds = torch.cat([embeds, new_embed], dim=1)
         positions = torch.cat([positions, new_pos], dim=1)
         step_embeds, step_pos = new_embed, new_pos
+
+
+def _decode_attention(device: torch.device):
+    """SDPA backends for decoding: not cuDNN, which plans a new graph for every new KV length (tens of ms a step)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def _step(model: EagleModel, cfg: GenerationConfig, step_embeds: Tensor, step_pos: Tensor, mask: Tensor, cache: Any,
+          embeds: Tensor, positions: Tensor) -> Any:
+    """One LM call: the new token(s) against the cache, or the whole sequence again without one."""
+    from nemo_eagle.modeling.eagle import cache_kwargs
+
+    if cfg.use_cache:
+        return model.language_model(inputs_embeds=step_embeds, attention_mask=mask, position_ids=step_pos,
+                                    use_cache=True, **cache_kwargs(model.language_model, cache))
+    return model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
 
 
 def generate(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | None = None,
