@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One short run that checks and times every GPU path on a lent GPU machine (about 5 minutes on an H100).
+# One short run that checks and times every GPU path on a GPU machine (about 5 minutes on an H100).
 #   bash benchmarks/gpu_check.sh [LOG_DIR]
 # Optional inputs next to the repo root: .whl/ (wheels missing on the machine, e.g. megatron-core) and
 # .gpu/fixtures (a copy of the parity fixtures; otherwise ../shared/fixtures or NEMO_EAGLE_FIXTURES is used).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-LOG_DIR=${1:-${OUT:-/tmp/nemo_eagle_gpu}}
+LOG_DIR=${1:-/tmp/nemo_eagle_gpu}
 mkdir -p "$LOG_DIR"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ls .whl/*.whl >/dev/null 2>&1; then
