@@ -284,6 +284,13 @@ def config_from_hf(hf: dict[str, Any]) -> EagleConfig:
         )
     if "vision_config" not in hf:
         raise ValueError("config.json has no vision_config")
+    towers = hf["vision_config"].get("vision_tower")
+    if isinstance(towers, str) and ";" in towers:
+        raise NotImplementedError(
+            f"this checkpoint uses a mixture-of-encoders vision tower ({towers!r}, as Eagle2-9B does); loading its "
+            "weights is not supported yet (the ConvNeXt branch's checkpoint layout is not mapped). The eagle2-9b "
+            "preset builds the same architecture with random weights for training from scratch."
+        )
     ratio = float(hf.get("downsample_ratio", 0.5))
     factor = round(1 / ratio)
     if not math.isclose(1 / factor, ratio):

@@ -113,3 +113,23 @@ def test_wrong_checkpoint_kind(tmp_path):
         EagleModel.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="not found"):
         EagleModel.from_pretrained(tmp_path / "nope")
+
+
+def test_mixture_of_encoders_checkpoint_is_refused_clearly():
+    hf = {"model_type": "eagle_chat", "llm_config": {"architectures": ["Qwen2ForCausalLM"]},
+          "vision_config": {"model_type": "MOB", "vision_tower": "palisiglip;convnext-1024"}}
+    with pytest.raises(NotImplementedError, match="mixture-of-encoders vision tower"):
+        config_from_hf(hf)
+
+
+def test_mixture_preset_builds_and_concatenates_channels():
+    from nemo_eagle.config import ProjectorConfig, VisionConfig
+    from nemo_eagle.modeling.vision import VisionEncoder
+
+    cfg = VisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=56,
+                       patch_size=14, convnext={"image_size": 64, "depths": [1, 1], "hidden_sizes": [8, 16],
+                                                "num_stages": 2})
+    tower = VisionEncoder(cfg, "eager")
+    feats = tower(torch.rand(3, 3, 56, 56) * 2 - 1)
+    assert feats.shape == (3, 16, 32 + 16) and cfg.output_channels == 48
+    assert ProjectorConfig().shuffle_factor ** 2 * cfg.output_channels == 192

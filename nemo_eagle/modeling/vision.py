@@ -50,9 +50,11 @@ class VisionEncoder(nn.Module):
             feats = self.tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[self.select_layer]
         if self.convnext is None:
             return feats
-        # Mixture of encoders: ConvNeXt at its own resolution, resized to the SigLIP patch grid, channel concat.
-        x = F.interpolate(pixel_values, size=(self.convnext_size,) * 2, mode="bilinear", align_corners=False)
-        cn = self.convnext(pixel_values=x).last_hidden_state  # (N, C2, h, w)
-        cn = F.interpolate(cn, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
+        # Mixture of encoders: ConvNeXt at its own resolution, its features resized to the SigLIP patch grid,
+        # channel concat. NVIDIA's tower resizes both ways with bilinear, align_corners=True, in float32.
+        x = F.interpolate(pixel_values.float(), size=(self.convnext_size,) * 2, mode="bilinear", align_corners=True)
+        cn = self.convnext(pixel_values=x.to(pixel_values.dtype)).last_hidden_state  # (N, C2, h, w)
+        if cn.shape[-1] != self.grid:
+            cn = F.interpolate(cn.float(), size=(self.grid, self.grid), mode="bilinear", align_corners=True)
         cn = cn.flatten(2).transpose(1, 2)  # (N, C2, g, g) -> (N, g*g, C2)
         return torch.cat([feats, cn.to(feats.dtype)], dim=-1)
