@@ -14,6 +14,9 @@ from transformers import ConvNextConfig, ConvNextModel, SiglipVisionConfig, Sigl
 from nemo_eagle.config import VisionConfig, vision_hf_dict
 
 
+SUPPORTED_TOWERS = ("siglip_vision_model", "eagle_moe_siglip_convnext")
+
+
 def siglip_config(cfg: VisionConfig, attn_implementation: str) -> SiglipVisionConfig:
     d = vision_hf_dict(cfg)
     d.pop("model_type", None)
@@ -29,6 +32,8 @@ class VisionEncoder(nn.Module):
 
     def __init__(self, cfg: VisionConfig, attn_implementation: str = "sdpa"):
         super().__init__()
+        if cfg.model_type not in SUPPORTED_TOWERS:
+            raise NotImplementedError(f"vision tower {cfg.model_type!r} is not supported; supported: {SUPPORTED_TOWERS}")
         self.select_layer = cfg.select_layer
         self.tower = SiglipVisionModel(siglip_config(cfg, attn_implementation))
         self.convnext = None
