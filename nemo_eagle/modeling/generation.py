@@ -111,10 +111,11 @@ def iter_tokens(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | N
         if bool(finished.all()):
             return
         new_embed = model.language_model.get_input_embeddings()(nxt[:, None])
-        new_pos = positions[:, -1:] + 1
+        new_pos = step_pos[:, -1:] + 1
         mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=device)], dim=1)
-        embeds = torch.cat([embeds, new_embed], dim=1)
-        positions = torch.cat([positions, new_pos], dim=1)
+        if not cfg.use_cache:  # only the recompute path needs the whole sequence again
+            embeds = torch.cat([embeds, new_embed], dim=1)
+            positions = torch.cat([positions, new_pos], dim=1)
         step_embeds, step_pos = new_embed, new_pos
 
 
