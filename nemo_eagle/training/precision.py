@@ -71,7 +71,18 @@ def fp8_te(cfg: PrecisionConfig) -> PrecisionPlan:
     recipe = {"fp8_format": cfg.fp8_format.upper(), "amax_history_len": cfg.amax_history_len,
               "amax_compute_algo": cfg.amax_compute_algo}
     plugin = TransformerEnginePrecision(weights_dtype=torch.bfloat16, recipe=recipe, replace_layers=False)
-    return PrecisionPlan(None, plugin=plugin, prepare=lambda model: swap_to_te(model, cfg.exclude, te=te))
+    return PrecisionPlan(None, plugin=plugin, prepare=lambda model: swap_for_fp8(model, cfg.exclude, te=te))
+
+
+def swap_for_fp8(model: nn.Module, exclude: Sequence[str], *, te: ModuleType | None = None) -> list[str]:
+    """``swap_to_te`` for a run that asked for FP8: a swap that leaves no layer in FP8 is an error, not bf16."""
+    swapped = swap_to_te(model, exclude, te=te)
+    if not swapped:
+        raise PrecisionUnavailable(
+            "precision=fp8_te: no Linear layer qualifies for FP8 (excluded by precision.exclude, wrapped by LoRA "
+            "adapters, or dims not multiples of 16), so the run would train in bf16; use precision=bf16, "
+            "peft=none, or a model with more decoder layers than the excluded first/last ones")
+    return swapped
 
 
 def build_precision(cfg: PrecisionConfig) -> PrecisionPlan:
@@ -115,11 +126,14 @@ def swap_to_te(model: nn.Module, exclude: Sequence[str], *, te: ModuleType | Non
     """
     te = te or require_te()
     globs = resolve_globs(exclude, model)
-    targets = []
+    targets, under_lora = [], []
     for fqn, module in model.named_modules():
         if not isinstance(module, nn.Linear):
             continue
-        if any(fnmatch(fqn, g) for g in globs) or ".lora_" in fqn or fqn.endswith(".base_layer"):
+        if any(fnmatch(fqn, g) for g in globs) or ".lora_" in fqn:
+            continue
+        if fqn.endswith(".base_layer"):
+            under_lora.append(fqn)
             continue
         if module.in_features % 16 or module.out_features % 16:
             log.debug("fp8: keeping %s (%dx%d not divisible by 16)", fqn, module.in_features, module.out_features)
@@ -138,5 +152,8 @@ def swap_to_te(model: nn.Module, exclude: Sequence[str], *, te: ModuleType | Non
         if lin.bias is not None:
             new.bias.requires_grad_(lin.bias.requires_grad)
         setattr(parent, attr, new)
+    if under_lora:
+        log.warning("fp8: %d Linear layers wrapped by LoRA adapters stay in bf16 (e.g. %s)", len(under_lora),
+                    under_lora[0].removesuffix(".base_layer"))
     log.info("fp8: %d Linear layers swapped to te.Linear; excluded by %s", len(targets), list(globs))
     return targets

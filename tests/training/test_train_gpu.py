@@ -70,9 +70,14 @@ def test_a_few_gpu_training_steps(precision, tiny_ckpt, color_data, tmp_path):
     if precision == "fp8_te":
         _te_or_skip()
     exp = tmp_path / precision
+    # four decoder layers: FP8 keeps the first and last in bf16, so the middle two run through te.Linear
     run = load_run(tiny_overrides(tiny_ckpt, color_data, exp, f"precision={precision}", "trainer.accelerator=gpu",
-                                  "trainer.max_steps=4", "data.micro_batch_size=4", "optim.lr=1e-3"))
+                                  "trainer.max_steps=4", "data.micro_batch_size=4", "optim.lr=1e-3",
+                                  "model.config.llm.num_hidden_layers=4"))
     result = train(run)
+    if precision == "fp8_te":
+        te_layers = [n for n, m in result.model.model.named_modules() if type(m).__module__.startswith("transformer_engine")]
+        assert te_layers and all(".layers.1." in n or ".layers.2." in n for n in te_layers)
     losses = [r["loss"] for r in read_step_log(exp / "train_log.jsonl")]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
     loaded = EagleModel.from_pretrained(result.nemo_path)

@@ -12,7 +12,7 @@ from torch import nn
 from nemo_eagle.config import EagleConfig, LLMConfig, TilingConfig, VisionConfig
 from nemo_eagle.modeling.eagle import EagleModel
 from nemo_eagle.training.config import PrecisionConfig
-from nemo_eagle.training.precision import PrecisionUnavailable, build_precision, require_te, swap_to_te
+from nemo_eagle.training.precision import PrecisionUnavailable, build_precision, require_te, swap_for_fp8, swap_to_te
 
 FP8_EXCLUDE = ["vision.*", "projector.*", "language_model.model.layers.0.*", "language_model.model.layers.{last}.*",
                "language_model.lm_head"]
@@ -89,6 +89,20 @@ def test_trainability_is_kept(fake_te):
     q = model.language_model.model.layers[1].self_attn.q_proj
     assert isinstance(q, FakeTELinear) and not q.weight.requires_grad
     assert model.language_model.model.layers[1].self_attn.k_proj.weight.requires_grad
+
+
+def test_fp8_that_swaps_nothing_is_an_error_not_bf16(fake_te):
+    """Two decoder layers are both edges (excluded); LoRA-wrapped layers stay plain: either way nothing is FP8."""
+    with pytest.raises(PrecisionUnavailable, match="no Linear layer qualifies for FP8"):
+        swap_for_fp8(_model(layers=2), FP8_EXCLUDE, te=fake_te)
+    from nemo_eagle.training.config import PeftConfig
+    from nemo_eagle.training.peft import apply_lora
+
+    model = _model()
+    apply_lora(model, PeftConfig(method="lora", r=4, alpha=8, targets=["language_model.model.layers.*.self_attn.*_proj"]))
+    with pytest.raises(PrecisionUnavailable, match="wrapped by LoRA"):
+        swap_for_fp8(model, FP8_EXCLUDE, te=fake_te)
+    assert swap_for_fp8(_model(), FP8_EXCLUDE, te=fake_te)  # middle layers qualify: the run really uses FP8
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error")
