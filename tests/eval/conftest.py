@@ -139,8 +139,8 @@ def eagle_endpoint(sensitive_predictor):
 
 @pytest.fixture(scope="module")
 def serve_endpoint(sensitive_ckpt):
-    """The project's own REST app (nemo_eagle.serve) with the in-process backend, when it exists."""
-    app_mod = pytest.importorskip("nemo_eagle.serve.app", reason="nemo_eagle.serve has no app factory yet")
+    """The project's own REST app (nemo_eagle.serve) with the in-process backend."""
+    from nemo_eagle.serve import app as app_mod
     from nemo_eagle.serve.backends import LocalBackend
     from nemo_eagle.serve.engine import Engine
     from nemo_eagle.serve.settings import ServeSettings
