@@ -180,6 +180,8 @@ def create_app(settings: ServeSettings, backend: Backend, *, engine: Engine | No
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if isinstance(exc.__cause__, BodyTooLarge):  # FastAPI wraps body-read errors (a chunked body) in a 400
+            return await _too_large(request, exc.__cause__)
         message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
         return error_response(exc.status_code, message, code="not_found" if exc.status_code == 404 else None)
 

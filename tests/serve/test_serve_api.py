@@ -225,6 +225,15 @@ async def test_size_limits(engine):
     async with client:
         assert_openai_error(await client.post("/v1/chat/completions", json=chat_body("x" * 30_000)), 413,
                             "request body", "20000")
+        body = json.dumps(chat_body("x" * 30_000)).encode()
+
+        async def chunked():  # no Content-Length: the limit is enforced while reading
+            for i in range(0, len(body), 4096):
+                yield body[i:i + 4096]
+
+        assert_openai_error(await client.post("/v1/chat/completions", content=chunked(),
+                                              headers={"content-type": "application/json"}), 413,
+                            "request body", "20000")
         assert_openai_error(await client.post("/v1/chat/completions", json=chat_body(
             image_message([data_url(big)], "x"))), 413, "bytes", "2000")
         small = data_url(png_bytes(8, 8))
