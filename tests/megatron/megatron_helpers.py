@@ -45,7 +45,9 @@ def megatron_from_hf(path: Path, opts=None):
 
 def microbatches(fixtures_dir: Path) -> list[dict]:
     """Two micro-batches of one shape, cut down to one tile to keep CPU runs short: the portrait fixture's prompt
-    with 256 image tokens and its first tile, and the same prompt with that tile mirrored."""
+    with 256 image tokens and its first tile, and the same prompt with that tile mirrored and loss on its last
+    tokens only, so the two hold different token counts (a mean of per-micro-batch or per-rank means would differ
+    from the token mean)."""
     from nemo_eagle.megatron.train import make_microbatch
 
     b = fixture_batch(fixtures_dir, "portrait_300x900")
@@ -53,7 +55,9 @@ def microbatches(fixtures_dir: Path) -> list[dict]:
     image = (ids == IMAGE_TOKEN).nonzero().flatten()
     ids = torch.cat([ids[: int(image[0]) + 256], ids[int(image[-1]) + 1:]]).unsqueeze(0)
     tile = b["pixel_values"][:1]
-    return [make_microbatch(ids, tile), make_microbatch(ids, tile.flip(-1))]
+    answer_only = ids.clone()
+    answer_only[:, : ids.shape[1] - 6] = -100
+    return [make_microbatch(ids, tile), make_microbatch(ids, tile.flip(-1), labels=answer_only)]
 
 
 def run_layout(ckpt: Path, mbs: list[dict], tp: int, pp: int, dp_split: bool = False) -> dict:
