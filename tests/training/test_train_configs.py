@@ -49,8 +49,10 @@ def test_every_option_composes_and_builds(group, option, tiny_ckpt, color_data, 
     batch = next(iter(model.train_dataloader()))
     assert batch["num_samples"] >= 1
     trainable = {n.split(".")[0] for n, p in model.model.named_parameters() if p.requires_grad}
-    if group == "recipe" and option == "stage1_projector":
-        assert trainable == {"projector"}
+    if group == "recipe":
+        want = {"projector"} if option == "stage1_projector" else {"vision", "projector", "language_model"}
+        assert trainable == want, (option, trainable)
+        assert run.stage == option
     if group == "peft" and option == "lora":
         lora = [n for n, p in model.model.named_parameters() if p.requires_grad and "lora_" in n]
         assert any(n.startswith("language_model.") for n in lora) and any(n.startswith("vision.") for n in lora)
