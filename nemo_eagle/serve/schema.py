@@ -71,7 +71,8 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 = greedy (default)")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
+    # a 64-bit generator seed; choice i of n uses seed + i
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=16)
     stream: bool = False

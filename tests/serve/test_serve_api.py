@@ -172,6 +172,7 @@ BAD_REQUESTS = {
     "negative max_tokens": (chat_body("x", max_tokens=-1), 422, ("max_tokens",)),
     "logprobs": (chat_body("x", logprobs=True), 422, ("logprobs", "not supported")),
     "five stops": (chat_body("x", stop=list("abcde")), 422, ("stop",)),
+    "seed over 64 bits": (chat_body("x", seed=2**70, temperature=1.0), 422, ("seed",)),
     "unknown model": (chat_body("x") | {"model": "gpt-4"}, 404, ("gpt-4", "does not exist")),
     "invalid base64": (chat_body(image_message(["data:image/png;base64,@@@not base64@@@"], "x")), 400,
                        ("base64",)),
