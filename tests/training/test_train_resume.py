@@ -27,29 +27,31 @@ class CrashAt(Callback):
             raise SimulatedCrash(f"killed at step {self.step}")
 
 
-def test_kill_and_resume_reproduces_the_loss_curve(tiny_ckpt, color_data, tmp_path):
+@pytest.mark.parametrize("every,crash", [(3, 7), (4, 6)], ids=["mid-epoch", "epoch-end"])
+def test_kill_and_resume_reproduces_the_loss_curve(tiny_ckpt, color_data, tmp_path, every, crash):
     # Shuffled data, 4 batches per epoch, random low/high resolution views, and LoRA dropout: the curve
     # depends on the data position, the planner seed and the RNG state. Checkpoints at steps 3 and 6 are
-    # mid-epoch; the resumed run crosses into the next epoch.
+    # mid-epoch and the resumed run crosses into the next epoch; a checkpoint at step 4 is the last batch of
+    # epoch 0, so the resumed run starts with an exhausted epoch.
     common = ("trainer.max_steps=9", "optim.lr=3e-3", "optim.warmup_steps=2", "data.micro_batch_size=1",
               "data.low_res_ratio=0.5", "data.high_res_max_tiles=4", "peft=lora", "peft.dropout=0.1",
-              "peft.r=4", "checkpoint.every_n_train_steps=3")
+              "peft.r=4", f"checkpoint.every_n_train_steps={every}")
     straight = tmp_path / "straight"
     train(load_run(tiny_overrides(tiny_ckpt, color_data, straight, *common)))
 
     killed = tmp_path / "killed"
     run = load_run(tiny_overrides(tiny_ckpt, color_data, killed, *common))
     with pytest.raises(SimulatedCrash):
-        train(run, callbacks=[CrashAt(7)])  # checkpoint at step 6, step 7 done, dies before step 8
+        train(run, callbacks=[CrashAt(crash)])  # e.g. checkpoint at step 6, step 7 done, dies before step 8
     assert (killed / "checkpoints" / "last.ckpt").exists() and not (killed / "model.nemo").exists()
-    assert [r["step"] for r in read_step_log(killed / "train_log.jsonl")] == list(range(1, 8))
+    assert [r["step"] for r in read_step_log(killed / "train_log.jsonl")] == list(range(1, crash + 1))
     train(run)  # checkpoint.resume=auto picks up checkpoints/last.ckpt
 
     a, b = read_step_log(straight / "train_log.jsonl"), read_step_log(killed / "train_log.jsonl")
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 10))
     assert [(r["epoch"], r["batch"]) for r in a] == [(r["epoch"], r["batch"]) for r in b]
-    assert (a[5]["epoch"], a[5]["batch"]) == (1, 1) and a[-1]["epoch"] == 2  # mid-epoch checkpoint, rollover after
-    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # exactly, step 7 included (redone after the kill)
+    assert [(r["epoch"], r["batch"]) for r in a] == [(e, k) for e in range(3) for k in range(4)][:9]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # exactly, the steps redone after the kill included
     assert [r["lr"] for r in a] == [r["lr"] for r in b]
     assert len({r["loss"] for r in a}) == 9
 
