@@ -89,7 +89,8 @@ class EndpointPredictor:
             resp.raise_for_status()
             return resp.json()["data"][0]["id"]
         except Exception as e:  # any failure: a server without /v1/models still answers chat requests
-            log.info("could not list models at %s (%s); sending model 'eagle2'", models_url, e)
+            log.warning("could not list models at %s (%s); sending model 'eagle2' (pass --served-model to choose)",
+                        models_url, e)
             return "eagle2"
 
     def predict(self, prompt: str, images: list[Image.Image], *, max_tiles: int, max_new_tokens: int) -> str:
