@@ -299,6 +299,12 @@ def _is_image_ext(ext: str) -> bool:
     return ext.lower().rsplit(".", 1)[-1] in IMAGE_EXTS
 
 
+def _member_order(ext: str) -> tuple[Any, ...]:
+    """Numbered members in numeric order (``2.png`` before ``10.png``), then the rest by name."""
+    head = ext.split(".", 1)[0]
+    return (0, int(head), ext) if head.isdigit() else (1, 0, ext)
+
+
 def read_shards(shards: Sequence[Path]) -> Iterator[tuple[str, Any, list[TarMember]]]:
     """(where, json record, image members) per sample key of WebDataset shards (``<key>.json`` + ``<key>.<img ext>``)."""
     for shard in shards:
@@ -313,7 +319,7 @@ def read_shards(shards: Sequence[Path]) -> Iterator[tuple[str, Any, list[TarMemb
         for key, members in groups.items():
             where = f"{shard.name}:{key}"
             images = [TarMember(str(shard), members[e].offset_data, members[e].size, members[e].name)
-                      for e in sorted(members) if _is_image_ext(e)]
+                      for e in sorted(members, key=_member_order) if _is_image_ext(e)]
             if "json" not in members:
                 yield where, _BrokenRecord(f"no {key}.json member in the shard"), images
                 continue

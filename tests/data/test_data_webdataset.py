@@ -55,6 +55,17 @@ def test_shards_match_the_jsonl_export(tmp_path, small_processor):
     assert from_tar[(1, 4)]["num_tiles"] == [4]  # 3x1 grid + thumbnail
 
 
+def test_numbered_images_keep_numeric_order_past_ten(tmp_path, small_processor):
+    colors = [(20 * k, 255 - 20 * k, 0) for k in range(12)]  # 12 one-tile images: 10.png and 11.png sort after 9.png
+    images = [(f"{k}.png", _png((28, 28), c)) for k, c in enumerate(colors)]
+    rec = llava("many", None, [("human", "<image>" * 12 + "which?"), ("gpt", "all")])
+    ds = ConversationDataset(str(write_shard(tmp_path / "m.tar", [("many", rec, images)])), small_processor)
+    pixels = ds[(0, 1)]["pixel_values"]
+    assert pixels.shape[0] == 12
+    for k, (r, g, _) in enumerate(colors):  # SigLIP normalisation: (v - 127.5) / 127.5
+        assert torch.allclose(pixels[k, :2, 0, 0], torch.tensor([r, g]) / 127.5 - 1, atol=1e-6), k
+
+
 def test_shard_sample_without_json_is_a_bad_record(tmp_path, small_processor):
     shard = write_shard(tmp_path / "x.tar", [("only-image", {}, [("png", _png((28, 28), (0, 0, 0)))])])
     # rewrite without the json member
