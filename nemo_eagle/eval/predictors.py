@@ -83,12 +83,15 @@ class EndpointPredictor:
         self.model = model or self._first_model(url)
 
     def _first_model(self, url: str) -> str:
+        import httpx
+
         models_url = self.url[: -len("/chat/completions")] + "/models"
         try:
             resp = self.client.get(models_url)
             resp.raise_for_status()
             return resp.json()["data"][0]["id"]
-        except Exception as e:  # any failure: a server without /v1/models still answers chat requests
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
+            # a server without /v1/models may still answer chat requests
             log.warning("could not list models at %s (%s); sending model 'eagle2' (pass --served-model to choose)",
                         models_url, e)
             return "eagle2"
