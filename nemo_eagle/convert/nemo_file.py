@@ -244,9 +244,26 @@ def hf_to_nemo(src: str | Path, dst: str | Path, *, attn_implementation: str = "
     from nemo_eagle.modeling.eagle import EagleModel
 
     src = resolve_checkpoint(src)
-    model = EagleModel.from_pretrained(src, dtype=None, attn_implementation=attn_implementation)
+    stored = _stored_float_dtypes(Path(src))
+    dtype = None
+    if len(stored) > 1:  # one model dtype cannot hold them all: keep every value exactly, in float32
+        dtype = torch.float32
+        log.warning("%s mixes tensor dtypes (%s); the .nemo stores every tensor as float32 (values unchanged)",
+                    src, ", ".join(sorted(stored)))
+    model = EagleModel.from_pretrained(src, dtype=dtype, attn_implementation=attn_implementation)
     return write_nemo(dst, model_config=model_config_dict(model.config, attn_implementation=attn_implementation),
                       state_dict=model.state_dict(), processor_files=processor_files_from_dir(src))
+
+
+def _stored_float_dtypes(path: Path) -> set[str]:
+    """The floating-point dtypes of a checkpoint's safetensors files, read from their headers only."""
+    from safetensors import safe_open
+
+    found = set()
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            found |= {st.get_slice(k).get_dtype() for k in st.keys()}
+    return {d for d in found if d.startswith(("F", "BF"))}
 
 
 def nemo_to_hf(src: str | Path, dst: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:

@@ -34,6 +34,25 @@ def test_hf_to_nemo_to_hf_is_bitwise(tiny_ckpt, tiny_nemo, tmp_path, capsys):
             assert (back / f.name).read_bytes() == f.read_bytes(), f.name
 
 
+def test_mixed_dtype_checkpoint_keeps_every_value(tiny_ckpt, tmp_path, caplog):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    src = tmp_path / "mixed"
+    shutil.copytree(tiny_ckpt, src)
+    state = load_file(src / "model.safetensors")
+    # bf16 vision tower, fp16 elsewhere: no one half type holds both, so loading in either one loses bits
+    state = {k: v.to(torch.bfloat16 if "vision" in k else torch.float16) for k, v in state.items()}
+    save_file(state, str(src / "model.safetensors"), metadata={"format": "pt"})
+    out = nemo_file.hf_to_nemo(src, tmp_path / "mixed.nemo")
+    assert "mixes tensor dtypes" in caplog.text
+    back = load_file(nemo_file.nemo_to_hf(out, tmp_path / "back") / "model.safetensors")
+    assert back.keys() == state.keys()
+    for k in state:
+        assert torch.equal(back[k].float(), state[k].float()), k
+
+
 def test_the_nemo_holds_the_preprocessing_contract(tiny_ckpt, tiny_nemo):
     with tarfile.open(tiny_nemo) as tar:
         names = {m.name.removeprefix("./") for m in tar.getmembers() if m.isfile()}
