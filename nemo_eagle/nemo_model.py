@@ -217,8 +217,11 @@ class EagleNeMoModel(ModelPT):
         return super().on_train_batch_start(batch, batch_idx, unused)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int):
-        if not batch.get("num_samples"):
-            return None  # every sample of this batch was skipped as bad
+        if not batch.get("num_samples"):  # every sample of this batch was skipped as bad
+            if self._trainer is None or self.trainer.world_size == 1:
+                return None
+            # other ranks are in their backward: take part in the gradient all-reduce with zero gradients
+            return sum((p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad), torch.zeros(()))
         loss = self(batch).loss
         n = batch["num_samples"]
         self.log("train_loss", loss, prog_bar=True, batch_size=n)
