@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import types
 
-import torch
-
 from nemo_eagle.training.build import load_model
 from nemo_eagle.training.config import ModelSpec
 
