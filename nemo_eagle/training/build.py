@@ -83,9 +83,11 @@ def load_model(spec: ModelSpec, *, trainer: Any = None):
 
 
 def prepare_model(model, run: TrainRun, plan: PrecisionPlan) -> dict[str, int]:
-    """Freezing, LoRA and the precision transform, in that order; returns trainable counts per group."""
+    """Kernel backends, freezing, LoRA and the precision transform, in that order; returns trainable counts."""
+    from nemo_eagle.ops import KernelConfig, use_kernels
     from nemo_eagle.training.peft import apply_lora, set_trainable
 
+    use_kernels(model.model, KernelConfig(backend=run.model.kernels))  # chosen once, logged; training shares them
     if run.peft.method == "lora":
         apply_lora(model.model, run.peft)
     counts = set_trainable(model.model, run.model.freeze)

@@ -46,6 +46,7 @@ class ModelSpec:
     tokenizer_from: str | None = None
     attn_implementation: str = "sdpa"
     init_seed: int = 0
+    kernels: str = "auto"  # backend of the model's registry ops (auto: fast kernels on a GPU, else torch)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
 
     def __post_init__(self) -> None:
@@ -53,6 +54,7 @@ class ModelSpec:
             raise ValueError("model: set model.pretrained (HF dir, hub id or .nemo) or, for a random model, "
                              "model.config / model.preset with model.tokenizer_from")
         _check(self.attn_implementation, ("sdpa", "eager"), "model.attn_implementation")
+        _check(self.kernels, ("auto", "torch", "triton"), "model.kernels")
 
 
 @dataclass

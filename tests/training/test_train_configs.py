@@ -62,6 +62,18 @@ def test_every_option_composes_and_builds(group, option, tiny_ckpt, color_data, 
         assert trainer.max_steps == run.trainer.max_steps
 
 
+def test_model_kernels_reach_the_model(tiny_ckpt, color_data, tmp_path):
+    pytest.importorskip("triton", reason="triton is not installed")
+    from nemo_eagle.ops import reference
+
+    def projector_impl(backend):
+        run = load_run(tiny_overrides(tiny_ckpt, color_data, tmp_path / backend, f"model.kernels={backend}"))
+        return build_run(run).model.model.projector.impl
+
+    assert projector_impl("torch") is reference.project_tokens
+    assert projector_impl("triton") is not reference.project_tokens  # bound once at build (runs on a GPU)
+
+
 def test_the_default_train_yaml_composes():
     run = load_run(["data.train_manifest=x.jsonl"])
     assert run.model.pretrained == "nvidia/Eagle2-1B" and run.precision.recipe == "bf16_mixed"
@@ -75,6 +87,7 @@ def test_the_default_train_yaml_composes():
     ("precision=fp9", "fp9"),                                  # unknown group option
     ("trainer.max_steps=lots", "max_steps"),                   # wrong type
     ("data.on_bad_sample=ignore", "on_bad_sample"),            # value outside the allowed set
+    ("model.kernels=cuda", "model.kernels"),
 ])
 def test_typos_fail_with_a_clear_message(override, message, capsys):
     assert train_main(["data.train_manifest=x.jsonl", override]) == 2
