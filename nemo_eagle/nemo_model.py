@@ -218,16 +218,23 @@ class EagleNeMoModel(ModelPT):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int):
         if not batch.get("num_samples"):  # every sample of this batch was skipped as bad
-            if self._trainer is None or self.trainer.world_size == 1:
-                return None
-            # other ranks are in their backward: take part in the gradient all-reduce with zero gradients
-            return sum((p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad), torch.zeros(()))
+            return self._nothing_to_learn()
         loss = self(batch).loss
+        if not loss.requires_grad:  # e.g. a text-only batch while only the projector trains (stage 1)
+            return self._nothing_to_learn(loss)
         n = batch["num_samples"]
         self.log("train_loss", loss, prog_bar=True, batch_size=n)
         self.log("samples_skipped", float(batch.get("num_skipped", 0)), reduce_fx="sum", on_step=False,
                  on_epoch=True, batch_size=n)
         return loss
+
+    def _nothing_to_learn(self, loss: torch.Tensor | None = None):
+        """None (Lightning skips the step) alone; with other ranks, a zero loss tied to every trainable weight,
+        so this rank still joins their gradient all-reduce."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return None
+        zero = sum((p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad), torch.zeros(()))
+        return zero if loss is None else zero + loss.detach()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int):
         if not batch.get("num_samples"):
