@@ -135,13 +135,16 @@ class TritonBackend:
             yield {"model_name": self.model_name, "inputs": [req]}
 
         responses = self.client.stream_infer(requests())
+        answered = False
         try:
             async for result, error in responses:
                 if error is not None:
                     raise BackendError(f"Triton: {error}")
+                answered = True
                 return _task_result(json.loads(result.as_numpy(OUTPUT_EVENT).reshape(-1)[0]))
         finally:
-            responses.cancel()
+            if not answered:  # cancelling a finished request can leave Triton waiting for it at shutdown
+                responses.cancel()
         raise BackendError("Triton closed the stream without an answer")
 
     async def close(self) -> None:

@@ -33,6 +33,8 @@ def server(tiny_ckpt, tmp_path_factory):
     finally:
         code = proc.stop()
         assert code == 0, proc.logs()[-3000:]
+        # every request, cancelled ones included, was finished inside Triton: no exit-timeout at shutdown
+        assert "tritonserver stopped (exit code 0)" in proc.logs(), proc.logs()[-3000:]
 
 
 @pytest.fixture(scope="module")
