@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def synth_out(teacher, tmp_path) -> Path:
-    server, script, root = teacher
+    server, _, root = teacher
     out = tmp_path / "synth"
     args = ["--images", str(root), "--teacher-url", server.url, "--teacher-model", "fake-teacher", "--tasks",
             "caption,vqa,reasoning", "--out", str(out), "--backoff", "0.01", "--shard-size", "8"]
@@ -52,7 +52,7 @@ def test_synth_output_trains_a_few_steps(synth_out, tiny_ckpt, tmp_path):
                  f"exp_dir={exp}"]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-m", "nemo_eagle.cli", "train", *overrides], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "`max_steps=2` reached" in proc.stderr + proc.stdout
     assert (exp / "model.nemo").is_file()
