@@ -170,7 +170,7 @@ class EagleNeMoModel(ModelPT):
         plan = PlanConfig(micro_batch_size=cfg.micro_batch_size, max_tokens_per_batch=cfg.max_tokens_per_batch,
                           packing=cfg.packing, low_res_ratio=cfg.low_res_ratio if train else 0.0,
                           high_res_max_tiles=cfg.high_res_max_tiles or self.processor.tiling.max_tiles,
-                          shuffle=cfg.shuffle and train, seed=cfg.seed)
+                          shuffle=cfg.shuffle and train, seed=cfg.seed, pad_to_multiple_of=cfg.pad_to_multiple_of)
         rank, world = _rank_world(self.trainer if self._trainer is not None else None)
         planner = BatchPlanner(dataset, plan, rank=rank, world_size=world)
         collate = EagleCollator(self.processor.tokenizer.pad_token_id, pack=cfg.packing, packing_mask=cfg.packing_mask,

@@ -34,6 +34,7 @@ class PlanConfig:
     high_res_max_tiles: int = 12
     shuffle: bool = True
     seed: int = 1234
+    pad_to_multiple_of: int = 1  # the collator's rounding: the budget holds the rounded length
 
 
 class BatchPlanner:
@@ -56,7 +57,7 @@ class BatchPlanner:
         keep = []
         for i in range(len(self.dataset)):
             n = self.dataset.num_tokens(i, 1)
-            if n <= budget:
+            if self._round(n) <= budget:
                 keep.append(i)
                 continue
             conv = self.dataset.samples[i]
@@ -81,7 +82,7 @@ class BatchPlanner:
         budget = self.cfg.max_tokens_per_batch
         for max_tiles in range(self.cfg.high_res_max_tiles, 0, -1):
             n = self.dataset.num_tokens(i, max_tiles)
-            if not budget or n <= budget:
+            if not budget or self._round(n) <= budget:
                 return max_tiles, n
         return 1, self.dataset.num_tokens(i, 1)
 
@@ -113,8 +114,13 @@ class BatchPlanner:
         budget = self.cfg.max_tokens_per_batch
         if not budget:
             return True
-        used = sum(tokens) if self.cfg.packing else len(tokens) * max(tokens)  # padded rows cost the longest
+        # padded rows cost the longest; both layouts are rounded up as the collator pads them
+        used = self._round(sum(tokens)) if self.cfg.packing else len(tokens) * self._round(max(tokens))
         return used <= budget
+
+    def _round(self, n: int) -> int:
+        m = max(self.cfg.pad_to_multiple_of, 1)
+        return (n + m - 1) // m * m
 
 
 class ResumableLoader:
