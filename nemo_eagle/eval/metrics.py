@@ -80,29 +80,27 @@ def parse_number(text: str) -> tuple[float, str] | None:
     return float(s), unit
 
 
+def _official_float(text: str) -> float | None:
+    """The ChartQA scorer's number reading: ``float(text)``, with a trailing ``%`` meaning a fraction."""
+    try:
+        return float(text.rstrip("%")) / 100.0 if text.endswith("%") else float(text)
+    except ValueError:
+        return None
+
+
 def relaxed_accuracy(prediction: str, target: str, tolerance: float = 0.05) -> float:
-    """ChartQA relaxed accuracy: numbers match within ``tolerance`` relative error, anything else exactly
-    (case-insensitive, surrounding whitespace ignored).
+    """ChartQA relaxed accuracy, as the official scorer (Pix2Struct's ``relaxed_correctness``) computes it.
 
-    As in the official scorer a percentage may stand for its fraction (``"45%"`` == ``"0.45"``); beyond it a
-    percentage or unit only on one side is ignored (``"45%"`` == ``"45"``, ``"12 kg"`` == ``"12"``), and a target
-    of 0 needs a prediction of exactly 0 (the official scorer falls back to string equality there).
+    When both sides read as numbers (Python ``float``; ``"45%"`` reads as 0.45) and the target is non-zero, the
+    relative error must be at most ``tolerance``; otherwise the strings must match case-insensitively. So
+    ``"45"`` vs ``"45%"`` is wrong, ``"$1,200"`` or ``"12 kg"`` only match the identical string, and a target of 0
+    is compared as text (``"0.0"`` != ``"0"``). Surrounding whitespace is ignored.
     """
-    p, t = parse_number(prediction), parse_number(target)
-    if p is None or t is None:
-        return float(str(prediction).strip().lower() == str(target).strip().lower())
-
-    def values(num: tuple[float, str]) -> list[float]:
-        return [num[0], num[0] / 100.0] if num[1] == "%" else [num[0]]
-
-    for pv in values(p):
-        for tv in values(t):
-            if tv == 0.0:
-                if pv == 0.0:
-                    return 1.0
-            elif abs(pv - tv) / abs(tv) <= tolerance:
-                return 1.0
-    return 0.0
+    p, t = str(prediction).strip(), str(target).strip()
+    pv, tv = _official_float(p), _official_float(t)
+    if pv is not None and tv:
+        return float(abs(pv - tv) / abs(tv) <= tolerance)
+    return float(p.lower() == t.lower())
 
 
 # -------------------------------------------------------------------------------------------- VQA accuracy

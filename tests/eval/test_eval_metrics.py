@@ -39,22 +39,27 @@ def test_anls_threshold_boundary_is_inclusive():
 
 
 @pytest.mark.parametrize("pred, target, expected", [
+    # worked by hand from the official rule: float() both sides ("x%" -> x/100), non-zero target -> |p-t|/|t| <= 5%,
+    # otherwise case-insensitive string equality
     ("50", "50", 1.0),
     ("52.5", "50", 1.0),  # exactly 5% off
     ("52.6", "50", 0.0),
     ("47.5", "50", 1.0),
     ("104", "100", 1.0),
     ("106", "100", 0.0),
-    ("45%", "45", 1.0),  # a unit on one side only
-    ("0.45", "45%", 1.0),  # the official scorer reads 45% as 0.45
-    ("45", "45%", 1.0),
+    ("1e2", "100", 1.0),  # float() reads it
+    ("45%", "45", 0.0),  # 0.45 vs 45
+    ("0.45", "45%", 1.0),  # the scorer reads 45% as 0.45
+    ("45", "45%", 0.0),
     ("46%", "45%", 1.0),  # 2.2% off
     ("50%", "45%", 0.0),
-    ("$1,200", "1200", 1.0),  # currency and thousands separators
-    ("12 kg", "12", 1.0),
-    ("12.", "12", 1.0),  # trailing period
-    ("0", "0", 1.0),
-    ("0.01", "0", 0.0),  # a zero target needs exactly zero
+    ("$1,200", "1200", 0.0),  # not a float: compared as text
+    ("$1,200", "$1,200", 1.0),
+    ("12 kg", "12", 0.0),
+    ("12.", "12", 1.0),  # float("12.") == 12
+    ("0", "0", 1.0),  # a zero target is compared as text
+    ("0.0", "0", 0.0),
+    ("0.01", "0", 0.0),
     ("Yes", "yes", 1.0),  # text: case-insensitive exact match
     (" Asia ", "asia", 1.0),
     ("Asia.", "Asia", 0.0),  # text is exact
