@@ -62,11 +62,19 @@ def encode_vector(vector: list, fmt: str) -> list | str:
     return vector
 
 
+def _check_count(st: ServeState, n: int, param: str) -> None:
+    limit = st.settings.max_batch_inputs
+    if n > limit:
+        raise EngineError(f"{n} {param} in one request; at most {limit} (split the request)",
+                          code="too_many_inputs", param=param)
+
+
 @router.post("/v1/embeddings", responses=ERRORS)
 async def embeddings(req: EmbeddingRequest, request: Request) -> EmbeddingResponse:
     st: ServeState = request.app.state.serve
     _check_model(st, req.model)
     inputs = [req.input] if isinstance(req.input, str) else list(req.input)
+    _check_count(st, len(inputs), "input")
     input_type = req.input_type or "query"
     await _check_images(st, inputs, input_type)
     result = await st.backend.call({"task": "embed", "input": inputs, "input_type": input_type,
@@ -83,6 +91,7 @@ async def embeddings(req: EmbeddingRequest, request: Request) -> EmbeddingRespon
 async def ranking(req: RankingRequest, request: Request) -> RankingResponse:
     st: ServeState = request.app.state.serve
     _check_model(st, req.model)
+    _check_count(st, len(req.passages), "passages")
     result = await st.backend.call({"task": "rank", "query": req.query.text,
                                     "passages": [p.text for p in req.passages], "truncate": req.truncate})
     return RankingResponse(rankings=[Ranking(**r) for r in result["rankings"]])

@@ -62,6 +62,8 @@ class ServeSettings(BaseSettings):
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest width*height of an image; "
                                   "refuses decompression bombs before decoding (413 above)")
     max_images_per_request: int = Field(16, ge=0, description="most images in one request (400 above)")
+    max_batch_inputs: int = Field(1024, ge=1, description="most inputs of one /v1/embeddings request or passages "
+                                  "of one /v1/ranking request (400 above)")
     max_concurrent_requests: int = Field(256, ge=1, description="generation jobs in flight before new requests "
                                          "get 429")
     allowed_image_hosts: Annotated[list[str], NoDecode] = Field(

@@ -449,3 +449,15 @@ async def test_tracing_middleware_records_spans(engine):
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert spans["POST /v1/chat/completions"].attributes["http.status_code"] == 200
     assert spans["GET /v1/models"].kind == SpanKind.SERVER
+
+
+async def test_batch_input_limit(engine):
+    client, _ = make_client(engine, max_batch_inputs=3)
+    async with client:
+        r = await client.post("/v1/embeddings", json={"model": MODEL, "input": ["a"] * 4})
+        assert_openai_error(r, 400, "4 input", "at most 3")
+        r = await client.post("/v1/ranking", json={"model": MODEL, "query": {"text": "q"},
+                                                   "passages": [{"text": "p"}] * 5})
+        assert_openai_error(r, 400, "5 passages", "at most 3")
+        ok = await client.post("/v1/embeddings", json={"model": MODEL, "input": ["a"] * 3})
+        assert ok.status_code == 200, ok.text
