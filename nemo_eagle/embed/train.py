@@ -267,7 +267,7 @@ def recall_at_1(embedder: EagleEmbedder, examples: list[Example], truncate: str 
 
 # ----------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nemo_eagle.embed.train", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="nemo-eagle train-embedder", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="EAGLE2 checkpoint directory or hub id")
     p.add_argument("--data", required=True, type=Path, help="query/positive/negatives JSONL")
