@@ -133,8 +133,17 @@ class ImageFetcher:
 
         if self.http is None:
             self.http = httpx.AsyncClient(timeout=s.image_fetch_timeout, follow_redirects=False)
+        # Connect to the address that was checked, not to whatever a second lookup returns (DNS rebinding); the
+        # Host header and TLS server name (SNI + certificate check) stay the URL's host.
+        ip = addresses[0]
+        netloc = f"[{ip}]" if ":" in ip else ip
+        if parts.port:
+            netloc += f":{parts.port}"
+        pinned = parts._replace(netloc=netloc).geturl()
+        headers = {"Host": parts.netloc.rpartition("@")[2]}
+        extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
         try:
-            async with self.http.stream("GET", url) as resp:
+            async with self.http.stream("GET", pinned, headers=headers, extensions=extensions) as resp:
                 if resp.status_code != 200:
                     raise EngineError(f"{name}: fetching the image URL gave HTTP {resp.status_code}"
                                       + (" (redirects are not followed)" if resp.is_redirect else ""),

@@ -461,3 +461,26 @@ async def test_batch_input_limit(engine):
         assert_openai_error(r, 400, "5 passages", "at most 3")
         ok = await client.post("/v1/embeddings", json={"model": MODEL, "input": ["a"] * 3})
         assert ok.status_code == 200, ok.text
+
+
+async def test_image_fetch_connects_to_the_checked_address(engine, image_host, monkeypatch):
+    # "images.test" does not resolve anywhere: the fetch can only succeed by connecting to the address the server
+    # checked (here 127.0.0.1), which closes DNS rebinding between the check and the download.
+    import nemo_eagle.serve.media as media
+
+    base, ok = image_host
+    port = base.rsplit(":", 1)[1]
+    checked = []
+
+    async def fake_resolve(host, port_):
+        checked.append(host)
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(media, "_resolve", fake_resolve)
+    client, app = make_client(engine, allowed_image_hosts=["images.test"], allow_private_image_urls=True,
+                              max_image_bytes=20_000)
+    async with client:
+        r = await client.post("/v1/chat/completions", json=chat_body(
+            image_message([f"http://images.test:{port}/ok.png"], "x"), max_tiles=1))
+        assert r.status_code == 200, r.text
+    assert checked == ["images.test"] and app.state.serve.backend.jobs[-1].images == [ok]
