@@ -15,14 +15,17 @@ from typing import Iterable
 import torch
 from safetensors.torch import load_file, save_file
 
-# (HF regex, our template). ``{vt}`` is the vision tower's own prefix ("" or "vision_model.").
+# The one table: (HF prefix, our prefix); the rest of each name carries over unchanged. ``{vt}`` is the SigLIP
+# module's own prefix ("" or "vision_model."), detected from the module's keys.
 KEY_TABLE: tuple[tuple[str, str], ...] = (
-    (r"vision_model\.vision_model\.(embeddings|encoder|post_layernorm)\.(.+)", r"vision.tower.{vt}\1.\2"),
-    (r"vision_model\.vision_model\.convnext\.(.+)", r"vision.convnext.\1"),
-    (r"mlp1\.0\.(weight|bias)", r"projector.norm.\1"),
-    (r"mlp1\.1\.(weight|bias)", r"projector.fc1.\1"),
-    (r"mlp1\.3\.(weight|bias)", r"projector.fc2.\1"),
-    (r"language_model\.(.+)", r"language_model.\1"),
+    ("vision_model.vision_model.embeddings.", "vision.tower.{vt}embeddings."),
+    ("vision_model.vision_model.encoder.", "vision.tower.{vt}encoder."),
+    ("vision_model.vision_model.post_layernorm.", "vision.tower.{vt}post_layernorm."),
+    ("vision_model.vision_model.convnext.", "vision.convnext."),
+    ("mlp1.0.", "projector.norm."),
+    ("mlp1.1.", "projector.fc1."),
+    ("mlp1.3.", "projector.fc2."),
+    ("language_model.", "language_model."),
 )
 # Present in some checkpoints, never used by EAGLE2.
 IGNORED = (re.compile(r"vision_model\.vision_model\.head\..*"),)
@@ -41,35 +44,22 @@ def vision_prefix(our_keys: Iterable[str]) -> str:
     return "vision_model." if any(k.startswith("vision.tower.vision_model.") for k in our_keys) else ""
 
 
-def _compiled(vt: str) -> list[tuple[re.Pattern, str]]:
-    return [(re.compile(f"^{h}$"), o.replace("{vt}", vt)) for h, o in KEY_TABLE]
-
-
 def hf_to_ours(name: str, vt: str) -> str | None:
     """Our parameter name for an HF checkpoint name; None for ignored names; raises for unknown ones."""
     if any(p.fullmatch(name) for p in IGNORED):
         return None
-    for pat, tmpl in _compiled(vt):
-        m = pat.match(name)
-        if m:
-            return m.expand(tmpl)
+    for hf, ours in KEY_TABLE:
+        if name.startswith(hf):
+            return ours.replace("{vt}", vt) + name[len(hf):]
     raise CheckpointError(f"unexpected tensor {name!r} in checkpoint (not part of an Eagle2 model)")
 
 
 def ours_to_hf(name: str, vt: str) -> str:
     """The HF checkpoint name of one of our parameter names (inverse of ``hf_to_ours``)."""
-    rows = [
-        (rf"vision\.tower\.{re.escape(vt)}(embeddings|encoder|post_layernorm)\.(.+)", r"vision_model.vision_model.\1.\2"),
-        (r"vision\.convnext\.(.+)", r"vision_model.vision_model.convnext.\1"),
-        (r"projector\.norm\.(weight|bias)", r"mlp1.0.\1"),
-        (r"projector\.fc1\.(weight|bias)", r"mlp1.1.\1"),
-        (r"projector\.fc2\.(weight|bias)", r"mlp1.3.\1"),
-        (r"language_model\.(.+)", r"language_model.\1"),
-    ]
-    for pat, tmpl in rows:
-        m = re.fullmatch(pat, name)
-        if m:
-            return m.expand(tmpl)
+    for hf, ours in KEY_TABLE:
+        prefix = ours.replace("{vt}", vt)
+        if name.startswith(prefix):
+            return hf + name[len(prefix):]
     raise KeyError(f"no checkpoint name for parameter {name!r}")
 
 
