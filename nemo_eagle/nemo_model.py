@@ -217,6 +217,9 @@ class EagleNeMoModel(ModelPT):
         return super().on_train_batch_start(batch, batch_idx, unused)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int):
+        labels = batch.get("labels") if batch.get("num_samples") else None
+        n_tokens = int((labels[..., 1:] != -100).sum()) if labels is not None else 0
+        total = self._step_tokens(n_tokens)  # every rank joins this reduce, whatever it trains on
         if not batch.get("num_samples"):  # every sample of this batch was skipped as bad
             return self._nothing_to_learn()
         loss = self(batch).loss
@@ -226,7 +229,18 @@ class EagleNeMoModel(ModelPT):
         self.log("train_loss", loss, prog_bar=True, batch_size=n)
         self.log("samples_skipped", float(batch.get("num_skipped", 0)), reduce_fx="sum", on_step=False,
                  on_epoch=True, batch_size=n)
+        if total:
+            # DDP averages gradients over ranks; weighting each rank's token mean by its share of the step's
+            # tokens makes that average the token mean over every rank (not a mean of per-rank means).
+            return loss * (n_tokens * self.trainer.world_size / total)
         return loss
+
+    def _step_tokens(self, n_tokens: int) -> float | None:
+        """Label tokens of this step summed over every rank (one scalar all-reduce); None in one process."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return None
+        t = torch.tensor(float(n_tokens), device=self.device)
+        return float(self.trainer.strategy.reduce(t, reduce_op="sum"))
 
     def _nothing_to_learn(self, loss: torch.Tensor | None = None):
         """None (Lightning skips the step) alone; with other ranks, a zero loss tied to every trainable weight,
