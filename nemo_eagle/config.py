@@ -221,9 +221,6 @@ PRESETS: dict[str, EagleConfig] = {
         ),
     ),
 }
-# The hub checkpoints each preset corresponds to.
-HUB_IDS = {"eagle2-1b": "nvidia/Eagle2-1B", "eagle2-2b": "nvidia/Eagle2-2B", "eagle2-9b": "nvidia/Eagle2-9B",
-           "eagle2.5-8b": "nvidia/Eagle2.5-8B"}
 
 
 def get_preset(name: str) -> EagleConfig:

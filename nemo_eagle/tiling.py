@@ -83,7 +83,7 @@ class TilePlan:
 
     @property
     def num_tokens(self) -> int:
-        return self.num_tiles * self.tokens_per_tile
+        return num_image_tokens(self.num_tiles, self.tokens_per_tile)
 
     @property
     def reduced(self) -> bool:
