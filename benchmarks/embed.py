@@ -24,7 +24,7 @@ from PIL import Image
 from nemo_eagle.embed import EagleEmbedder
 from nemo_eagle.embed.store import MemoryStore, open_store, point_id
 
-TINY = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "tiny-eagle2"
+TINY = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny-eagle2"
 
 
 def make_page(i: int, w: int = 320, h: int = 420) -> Image.Image:

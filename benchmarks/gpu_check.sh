@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One short run that checks and times every GPU path on a GPU machine (about 5 minutes on an H100).
 #   bash benchmarks/gpu_check.sh [LOG_DIR]
-# Optional inputs next to the repo root: .whl/ (wheels missing on the machine, e.g. megatron-core) and
-# .gpu/fixtures (a copy of the parity fixtures; otherwise ../shared/fixtures or NEMO_EAGLE_FIXTURES is used).
+# Optional input next to the repo root: .whl/ (wheels missing on the machine, e.g. megatron-core).
+# The parity fixtures come from tests/fixtures (or NEMO_EAGLE_FIXTURES).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG_DIR=${1:-/tmp/nemo_eagle_gpu}
@@ -12,7 +12,6 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-[ -d .gpu/fixtures ] && export NEMO_EAGLE_FIXTURES="$PWD/.gpu/fixtures"
 
 step() {  # step NAME TIMEOUT_S CMD...: run, log, and keep going
   local name=$1 limit=$2; shift 2

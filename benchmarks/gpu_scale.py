@@ -203,7 +203,7 @@ def throughput(cfg: EagleConfig, label: str, fp8: bool, seq_len: int, tiles: int
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fixtures", type=Path, default=Path(os.environ.get(
-        "NEMO_EAGLE_FIXTURES", Path(__file__).resolve().parents[1].parent / "shared" / "fixtures")))
+        "NEMO_EAGLE_FIXTURES", Path(__file__).resolve().parents[1] / "tests" / "fixtures")))
     ap.add_argument("--only", choices=["2b", "9b"], help="one model size")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=3)

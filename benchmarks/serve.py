@@ -5,7 +5,7 @@ through ``nemo-eagle serve`` and through the in-process engine with the same bat
 rounds, so load drift hits both alike), then prints throughput and p50/p95 latency of both and their ratios,
 measured in this run on this machine.
 
-    python benchmarks/serve.py --model ../shared/fixtures/tiny-eagle2 --requests 48 --concurrency 8
+    python benchmarks/serve.py --model tests/fixtures/tiny-eagle2 --requests 48 --concurrency 8
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO.parent / "shared" / "fixtures" / "tiny-eagle2"
+DEFAULT_MODEL = REPO / "tests" / "fixtures" / "tiny-eagle2"
 log = logging.getLogger("benchmarks.serve")
 
 

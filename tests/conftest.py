@@ -1,4 +1,4 @@
-"""Shared fixtures: the public parity fixtures next to the repo, seed/dtype hygiene, the ``gpu`` marker."""
+"""Shared fixtures: the parity fixtures in tests/fixtures, seed/dtype hygiene, the ``gpu`` marker."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("NEMO_EAGLE_FIXTURES", REPO.parent / "shared" / "fixtures"))
+# The parity fixtures live in the repository; NEMO_EAGLE_FIXTURES may point at another copy with the same layout.
+FIXTURES = Path(os.environ.get("NEMO_EAGLE_FIXTURES", REPO / "tests" / "fixtures"))
 
 
 def pytest_configure(config):
