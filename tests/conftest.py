@@ -43,6 +43,20 @@ def tiny_ckpt(fixtures_dir: Path) -> Path:
     return fixtures_dir / "tiny-eagle2"
 
 
+@pytest.fixture(scope="session")
+def sensitive_ckpt(tiny_ckpt: Path, tmp_path_factory) -> Path:
+    """``tiny-eagle2`` with redrawn weights whose greedy continuation depends on the prompt, each image and their
+    order (tests/test_sensitive_model.py asserts it). Use it wherever generation is compared with another run of
+    our own code: on the input-blind fixture weights such a comparison cannot fail."""
+    import shutil
+
+    from nemo_eagle.convert.tiny import make_input_sensitive
+
+    out = tmp_path_factory.mktemp("sensitive") / "tiny-eagle2-sensitive"
+    shutil.copytree(tiny_ckpt, out)
+    return make_input_sensitive(out)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_dtype():
     import torch

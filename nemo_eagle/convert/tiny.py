@@ -94,3 +94,43 @@ def create_tiny(out: str | Path, *, llm_family: str = "qwen2", seed: int = 0, im
                                                             "pad_token_id": tok.pad_token_id}, indent=2))
     (out / "README.md").write_text(f"# tiny Eagle2 checkpoint ({llm_family})\n\n{RANDOM_LABEL}\n")
     return out
+
+
+def make_input_sensitive(ckpt_dir: str | Path, *, seed: int = 0, scale: float = 2.5) -> Path:
+    """Redraw a checkpoint's weights (in place) so its greedy continuation depends on the prompt and on each image.
+
+    At the usual init scale a tiny random model is input-blind: the residual stream is dominated by the last token's
+    embedding and greedy decoding repeats one token whatever the input, so tests comparing two runs of generation
+    cannot fail. Here every matrix (and conv kernel) is drawn from N(0, (scale / sqrt(fan_in))^2), norm weights from
+    1 + N(0, 0.3^2) and other vectors from N(0, 0.3^2): attention and MLPs then mix the whole context, and small
+    changes of the prompt, of one image or of the image order change the continuation. Works on any layout (every
+    tensor of every ``*.safetensors`` file is redrawn, names and shapes kept); deterministic for a given seed.
+    The result is still random: its answers are meaningless text.
+    """
+    from safetensors.torch import load_file, save_file
+
+    ckpt_dir = Path(ckpt_dir)
+    files = sorted(ckpt_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {ckpt_dir}")
+    gen = torch.Generator().manual_seed(seed)
+    for file in files:
+        tensors = load_file(file)
+        new = {}
+        for name in sorted(tensors):
+            t = tensors[name]
+            if not t.is_floating_point():
+                new[name] = t
+                continue
+            if t.dim() >= 2:
+                x = torch.randn(t.shape, generator=gen) * (scale / t[0].numel() ** 0.5)
+            elif "norm" in name and name.endswith("weight"):
+                x = 1 + 0.3 * torch.randn(t.shape, generator=gen)
+            else:
+                x = 0.3 * torch.randn(t.shape, generator=gen)
+            new[name] = x.to(t.dtype).contiguous()
+        save_file(new, file, metadata={"format": "pt"})
+    readme = ckpt_dir / "README.md"
+    note = f"Weights redrawn by make_input_sensitive(seed={seed}, scale={scale}): input-sensitive, still random.\n"
+    readme.write_text((readme.read_text() + "\n" if readme.exists() else "") + note)
+    return ckpt_dir
