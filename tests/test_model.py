@@ -126,3 +126,42 @@ def test_loss_with_labels(model, batch):
     logits = out.logits[0, -6:-1]
     expected = torch.nn.functional.cross_entropy(logits, batch["input_ids"][0, -5:])
     torch.testing.assert_close(out.loss, expected)
+
+
+def test_greedy_tokens_equal_teacher_forced_argmax(model, batch):
+    """Each generated token is the argmax of one forward pass over prompt + the tokens before it (an oracle that
+    shares none of generation's incremental position / cache bookkeeping)."""
+    gen = model.generate(**batch, max_new_tokens=10)
+    ids = torch.cat([batch["input_ids"], gen], dim=1)
+    full = {**batch, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        logits = model(**full).logits[0]
+    start = batch["input_ids"].shape[1] - 1
+    assert logits[start:start + gen.shape[1]].argmax(-1).tolist() == gen[0].tolist()
+
+
+def _positions_seen(model, run):
+    seen = []
+
+    def hook(_module, _args, kwargs):
+        seen.append((kwargs["position_ids"].clone(), kwargs["attention_mask"].clone()))
+
+    handle = model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_left_padded_rows_get_the_positions_of_the_row_alone(model, proc):
+    """RoPE hides a constant position shift from the logits, so check the positions the LM is given directly."""
+    short, long = (proc.apply_chat_template([{"role": "user", "content": t}]) for t in ("Hi", "a much longer question"))
+    batched = _positions_seen(model, lambda: model.generate(**proc(text=[short, long]), max_new_tokens=4))
+    alone = _positions_seen(model, lambda: model.generate(**proc(text=short), max_new_tokens=4))
+    assert len(batched) == len(alone) == 4
+    (pos0, mask0), (ref0, _) = batched[0], alone[0]
+    real = mask0[0, : pos0.shape[1]].bool()
+    assert pos0[0][real].tolist() == ref0[0].tolist()  # the padded row counts from its first real token
+    for (pos, _), (ref, _) in zip(batched[1:], alone[1:]):  # decode steps advance from there
+        assert pos[0].tolist() == ref[0].tolist()
