@@ -54,14 +54,14 @@ def chat_main(argv: list[str]) -> int:
     import torch
     from PIL import Image
 
+    from nemo_eagle.checkpoint import CheckpointError, open_checkpoint
     from nemo_eagle.data.images import ImageError
     from nemo_eagle.data.processor import EagleProcessor
-    from nemo_eagle.hub import resolve_checkpoint
     from nemo_eagle.modeling.eagle import EagleModel
 
     try:
-        path = resolve_checkpoint(args.model) if not str(args.model).endswith(".nemo") else Path(args.model)
-    except FileNotFoundError as e:
+        path = open_checkpoint(args.model).path
+    except (FileNotFoundError, CheckpointError) as e:
         if not args.offline_fallback:
             print(f"nemo-eagle chat: {e}", file=sys.stderr)
             return 2
@@ -72,8 +72,7 @@ def chat_main(argv: list[str]) -> int:
     try:
         model = EagleModel.from_pretrained(path, dtype=dtype, device=device, attn_implementation=args.attn,
                                            kernels=args.kernels)
-        proc = EagleProcessor.from_pretrained(path if path.is_dir() else model.source_dir, config=model.config,
-                                              kernels=args.kernels)
+        proc = EagleProcessor.from_pretrained(path, config=model.config, kernels=args.kernels)
         images = [_image_path(i) for i in args.image]
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": args.question}]
         prompt = proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)

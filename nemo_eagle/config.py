@@ -360,6 +360,12 @@ _ARCH = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "nemotron": "
          "phi3": "Phi3ForCausalLM"}
 
 
+# Files of a checkpoint that belong to the tokenizer / processor (the preprocessing contract besides config.json).
+PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "chat_template.json", "preprocessor_config.json",
+                   "processor_config.json", "generation_config.json")
+
+
 def load_model_config(path: str | Path) -> EagleConfig:
     """Read ``config.json`` of an HF Eagle checkpoint directory."""
     p = Path(path)

@@ -106,11 +106,11 @@ class EagleNeMoModel(ModelPT):
     def from_hf(cls, path: str | Path, *, trainer: Trainer | None = None, dtype: torch.dtype | str | None = torch.float32,
                 attn_implementation: str = "sdpa") -> EagleNeMoModel:
         """Import an HF checkpoint directory or hub id (training keeps fp32 master weights by default)."""
-        from nemo_eagle.hub import resolve_checkpoint
+        from nemo_eagle.checkpoint import open_checkpoint
 
-        path = resolve_checkpoint(path)
-        model = EagleModel.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
-        return cls.from_eagle(model, nemo_file.processor_files_from_dir(path), trainer=trainer,
+        ckpt = open_checkpoint(path)
+        model = EagleModel.from_pretrained(ckpt.path, dtype=dtype, attn_implementation=attn_implementation)
+        return cls.from_eagle(model, nemo_file.processor_files_from_dir(ckpt.contract_dir), trainer=trainer,
                               attn_implementation=attn_implementation)
 
     @classmethod
@@ -319,7 +319,7 @@ def _rank_world(trainer: Trainer | None) -> tuple[int, int]:
 
 def _build_processor(model: EagleModel, files: dict[str, bytes]) -> EagleProcessor:
     folder = nemo_file.materialize_processor_dir(files, model.config)
-    processor = EagleProcessor.from_pretrained(folder, config=model.config)
+    processor = EagleProcessor.from_contract(folder, model.config)
     model.source_dir = folder
     model.tokenizer = processor.tokenizer
     if model.config.image_token_id is None:

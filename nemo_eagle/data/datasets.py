@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from nemo_eagle.data.images import ImageError, decode_data_url, load_image
-from nemo_eagle.data.processor import IM_END, IM_START
+from nemo_eagle.data.tokenizer import IM_END, IM_START
 
 if TYPE_CHECKING:
     from nemo_eagle.data.processor import EagleProcessor

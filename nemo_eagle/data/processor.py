@@ -13,57 +13,15 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
-from tokenizers import Tokenizer
 
-from nemo_eagle.config import EagleConfig, TilingConfig, load_model_config
+from nemo_eagle.config import EagleConfig, TilingConfig
 from nemo_eagle.data import chat_template as ct
 from nemo_eagle.data.images import ImageInput, load_image
+from nemo_eagle.data.tokenizer import ENDOFTEXT, IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START, EagleTokenizer  # noqa: F401 - the token names are re-exported for callers
 from nemo_eagle.ops import get_op
 from nemo_eagle.tiling import TilePlan, fit_plans_to_budget, plan_tiles
 
 log = logging.getLogger(__name__)
-
-IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
-IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
-
-
-class EagleTokenizer:
-    """A thin wrapper over a ``tokenizers.Tokenizer`` (tokenizer.json) with the Eagle2 special tokens."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.backend = tokenizer
-        self.image_token_id = self._require(IMG_CONTEXT)
-        self.img_start_id = self._require(IMG_START)
-        self.img_end_id = self._require(IMG_END)
-        self.eos_token_id = self.backend.token_to_id(IM_END)
-        self.pad_token_id = self.backend.token_to_id(ENDOFTEXT)
-        if self.pad_token_id is None:
-            self.pad_token_id = self.eos_token_id
-        self.vocab_size = self.backend.get_vocab_size(with_added_tokens=True)
-
-    def _require(self, token: str) -> int:
-        tid = self.backend.token_to_id(token)
-        if tid is None:
-            raise ValueError(f"tokenizer has no {token} token: not an Eagle2 tokenizer")
-        return tid
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> EagleTokenizer:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no tokenizer.json at {path}")
-        return cls(Tokenizer.from_file(str(path)))
-
-    def token_to_id(self, token: str) -> int | None:
-        return self.backend.token_to_id(token)
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; no BOS is added (Eagle2 uses none)."""
-        return self.backend.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
-        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
-
 
 class EagleBatch(dict):
     """The processor's output: a dict of tensors (pass as ``model(**batch)``) plus the tiling ``plans``."""
@@ -95,15 +53,17 @@ class EagleProcessor:
     # ----------------------------------------------------------------------------------- construction
     @classmethod
     def from_pretrained(cls, path: str | Path, *, config: EagleConfig | None = None, **kwargs: Any) -> EagleProcessor:
-        """Load from an HF checkpoint directory (or hub id): tokenizer.json, chat_template.json, config.json."""
-        if str(path).endswith(".nemo"):  # the contract stored inside a .nemo
-            from nemo_eagle.convert.nemo_file import load_nemo_processor
+        """Load the preprocessing contract of any checkpoint (hub id, HF directory, ``.nemo``, megatron directory):
+        tokenizer.json, chat_template.json, config.json, preprocessor_config.json. ``config`` overrides the stored
+        model config (pass the loaded model's)."""
+        from nemo_eagle.checkpoint import open_checkpoint
 
-            return load_nemo_processor(path, **kwargs)
-        from nemo_eagle.hub import resolve_checkpoint
+        ckpt = open_checkpoint(path)
+        return cls.from_contract(ckpt.contract_dir, config or ckpt.config, **kwargs)
 
-        path = resolve_checkpoint(path)
-        cfg = config or load_model_config(path)
+    @classmethod
+    def from_contract(cls, path: Path, cfg: EagleConfig, **kwargs: Any) -> EagleProcessor:
+        """The processor of a directory of contract files, for the model config ``cfg``."""
         tiling = cfg.tiling
         pre = path / "preprocessor_config.json"
         if pre.exists():

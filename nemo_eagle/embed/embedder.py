@@ -28,7 +28,7 @@ from nemo_eagle.embed.inputs import (
     parse_input,
     truncate_ids,
 )
-from nemo_eagle.modeling.eagle import positions_from_mask
+from nemo_eagle.modeling.lm_io import positions_from_mask
 
 log = logging.getLogger(__name__)
 
@@ -153,19 +153,18 @@ class EagleEmbedder(nn.Module):
 
         Keyword overrides are ``EmbedderConfig`` fields (``mode``, ``pooling``, ``bidirectional``, ...).
         """
+        from nemo_eagle.checkpoint import open_checkpoint
         from nemo_eagle.data.processor import EagleProcessor
-        from nemo_eagle.hub import resolve_checkpoint
         from nemo_eagle.modeling.eagle import EagleModel
 
-        path = resolve_checkpoint(path)
+        ckpt = open_checkpoint(path)
+        path = ckpt.path
         model = EagleModel.from_pretrained(path, dtype=dtype, device=device, attn_implementation=attn_implementation)
-        processor = EagleProcessor.from_pretrained(path, config=model.config, padding_side="right")
-        saved = {}
-        if (path / CONFIG_FILE).exists():
-            saved = json.loads((path / CONFIG_FILE).read_text())
+        processor = EagleProcessor.from_contract(ckpt.contract_dir, model.config, padding_side="right")
+        saved = ckpt.embedder_config()
         config = EmbedderConfig.from_dict({**saved, **{k: v for k, v in overrides.items() if v is not None}})
         emb = cls(model, processor, config)
-        head = path / HEAD_FILE
+        head = ckpt.contract_dir / HEAD_FILE
         if emb.projection is not None:
             if head.exists():
                 from safetensors.torch import load_file

@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             max_new_tokens=args.max_new_tokens or bench.max_new_tokens,
         )
         if args.model is not None:
-            if not (args.model / "config.json").is_file():
-                raise FileNotFoundError(f"--model {args.model} is not a checkpoint folder (no config.json)")
+            from nemo_eagle.checkpoint import open_checkpoint
+
+            open_checkpoint(args.model)  # any format; a path that holds no checkpoint fails here, in one line
             from nemo_eagle.eval.predictors import LocalPredictor
 
             predictor = LocalPredictor(args.model, device=args.device, dtype=args.dtype)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nemo_eagle.config import EagleConfig, config_from_hf, config_to_hf
+from nemo_eagle.config import PROCESSOR_FILES, EagleConfig, config_from_hf, config_to_hf
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,6 @@ def optimizer_sharding(optimizer) -> str:
 
 def copy_processor_files(src: str | Path, dst: str | Path) -> list[str]:
     """Copy tokenizer / processor files (not weights, not config.json) from an HF directory."""
-    from nemo_eagle.modeling.eagle import PROCESSOR_FILES
-
     copied = []
     for name in PROCESSOR_FILES:
         if (Path(src) / name).exists():

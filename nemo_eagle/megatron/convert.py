@@ -36,7 +36,7 @@ def hf_config(src: Path, hf) -> EagleConfig:
     if tied != cfg.llm.tie_word_embeddings:
         cfg = cfg.replace(llm={"tie_word_embeddings": tied})
     if cfg.image_token_id is None and (src / "tokenizer.json").exists():
-        from nemo_eagle.data.processor import EagleTokenizer
+        from nemo_eagle.data.tokenizer import EagleTokenizer
 
         cfg.image_token_id = EagleTokenizer.from_file(src / "tokenizer.json").image_token_id
     return cfg

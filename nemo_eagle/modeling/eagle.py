@@ -17,9 +17,10 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from nemo_eagle.config import EagleConfig, config_to_hf, llm_hf_dict, load_model_config
+from nemo_eagle.config import PROCESSOR_FILES, EagleConfig, config_to_hf, llm_hf_dict
 from nemo_eagle.convert import hf as hf_io
 from nemo_eagle.modeling import generation
+from nemo_eagle.modeling.lm_io import cache_kwargs, output_cache, positions_from_mask  # noqa: F401 - re-exported
 from nemo_eagle.modeling.projector import Projector
 from nemo_eagle.modeling.vision import VisionEncoder
 from nemo_eagle.ops import KernelConfig, reference, use_kernels
@@ -27,12 +28,6 @@ from nemo_eagle.ops import KernelConfig, reference, use_kernels
 log = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-# Files of an HF checkpoint directory that belong to the tokenizer / processor (copied by save_pretrained).
-PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "merges.txt", "chat_template.json", "preprocessor_config.json",
-                   "processor_config.json", "generation_config.json")
-
-
 @dataclass
 class EagleOutput:
     logits: Tensor  # (B, L, V)
@@ -80,38 +75,27 @@ class EagleModel(nn.Module):
         attn_implementation: str = "sdpa",
         kernels: KernelConfig | str | None = None,
     ) -> EagleModel:
-        """Load an official HF Eagle2 checkpoint directory, a hub id (nvidia/Eagle2-1B) or a ``.nemo`` file."""
-        if str(path).endswith(".nemo"):
-            from nemo_eagle.convert.nemo_file import load_nemo_as_eagle  # optional: needs the nemo extra
+        """Load a checkpoint of any format: a hub id (nvidia/Eagle2-1B), an official HF directory, a ``.nemo`` file
+        or a megatron directory. ``dtype`` None/"auto" keeps the stored dtype; every option means the same for
+        every format."""
+        from nemo_eagle.checkpoint import open_checkpoint, resolve_dtype
 
-            return load_nemo_as_eagle(path, dtype=dtype, device=device, attn_implementation=attn_implementation)
-        from nemo_eagle.hub import resolve_checkpoint
-
-        path = resolve_checkpoint(path)
-        cfg = load_model_config(path)
-        tensors = hf_io.read_safetensors(path)
-        # The tie flag sits in text_config in some checkpoints and at the top in others: trust the tensors.
-        tied = not hf_io.hf_has_lm_head(tensors)
-        if tied != cfg.llm.tie_word_embeddings:
-            cfg = cfg.replace(llm={"tie_word_embeddings": tied})
-        dtype = _resolve_dtype(dtype, tensors)
+        ckpt = open_checkpoint(path)
+        cfg = ckpt.config
+        dtype = resolve_dtype(dtype, ckpt.float_dtypes())
         model = cls(cfg, attn_implementation=attn_implementation, dtype=dtype)
-        hf_io.load_hf_state_dict(model, tensors, tied=tied)
-        if tied:
-            model.language_model.tie_weights()
-        model.source_dir = path
-        if (path / "tokenizer.json").exists():
-            from nemo_eagle.data.processor import EagleTokenizer
-
-            model.tokenizer = EagleTokenizer.from_file(path / "tokenizer.json")
-            if cfg.image_token_id is None:
-                model.config.image_token_id = model.tokenizer.image_token_id
+        ckpt.load_weights(model)
+        model.source_dir = ckpt.contract_dir
+        model.tokenizer = ckpt.tokenizer()
+        if model.tokenizer is not None and cfg.image_token_id is None:
+            model.config.image_token_id = model.tokenizer.image_token_id
         model.eval()
         if device is not None:
             model.to(device)
         if kernels is not None:
             use_kernels(model, KernelConfig(backend=kernels) if isinstance(kernels, str) else kernels)
-        log.info("loaded %s (%s, %s, attention=%s, tied=%s)", path, cfg.llm.model_type, dtype, attn_implementation, tied)
+        log.info("loaded %s (%s checkpoint, %s, %s, attention=%s, tied=%s)", path, ckpt.format, cfg.llm.model_type,
+                 dtype, attn_implementation, cfg.llm.tie_word_embeddings)
         return model
 
     def save_pretrained(self, out: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
@@ -205,43 +189,3 @@ class EagleModel(nn.Module):
                num_tiles: Tensor | None = None, **kwargs: Any) -> Iterator[str]:
         """Yield decoded text pieces of a single prompt as tokens are generated."""
         return generation.stream_text(self, input_ids, attention_mask, pixel_values, **kwargs)
-
-
-def cache_kwargs(language_model: nn.Module, cache: Any) -> dict[str, Any]:
-    """The KV-cache keyword of this transformers version (``cache`` in 5.x, ``past_key_values`` before)."""
-    if cache is None:
-        return {}
-    return {_CACHE_ARG.setdefault(type(language_model), _cache_arg(language_model)): cache}
-
-
-def output_cache(out: Any) -> Any:
-    if "cache" in getattr(out, "__dataclass_fields__", {}):  # transformers 5.x (reading the old name warns)
-        return out.cache
-    return getattr(out, "past_key_values", None)
-
-
-_CACHE_ARG: dict[type, str] = {}
-
-
-def _cache_arg(language_model: nn.Module) -> str:
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(type(language_model).forward).parameters else "past_key_values"
-
-
-def positions_from_mask(attention_mask: Tensor) -> Tensor:
-    """Position ids 0.. over the real tokens of each row (left-padded rows start counting at their first token)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def _resolve_dtype(dtype: torch.dtype | str | None, tensors: dict[str, Tensor]) -> torch.dtype:
-    if dtype is None or dtype == "auto":
-        floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
-        return floats[0] if floats else torch.float32
-    if isinstance(dtype, str):
-        names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                 "float16": torch.float16, "fp16": torch.float16}
-        if dtype not in names:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(names)}")
-        return names[dtype]
-    return dtype

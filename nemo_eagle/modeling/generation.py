@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from nemo_eagle.modeling.lm_io import cache_kwargs, output_cache, positions_from_mask
+
 if TYPE_CHECKING:
     from nemo_eagle.modeling.eagle import EagleModel
 
@@ -78,8 +80,6 @@ def sample_next(logits: Tensor, cfg: GenerationConfig, generator: torch.Generato
 def iter_tokens(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | None, pixel_values: Tensor | None,
                 cfg: GenerationConfig) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (next_ids (B,), finished (B,)) per step until every row stopped or max_new_tokens is reached."""
-    from nemo_eagle.modeling.eagle import output_cache, positions_from_mask
-
     device = model.device
     input_ids = input_ids.to(device)
     b = input_ids.shape[0]
@@ -131,8 +131,6 @@ def _decode_attention(device: torch.device):
 def _step(model: EagleModel, cfg: GenerationConfig, step_embeds: Tensor, step_pos: Tensor, mask: Tensor, cache: Any,
           embeds: Tensor, positions: Tensor) -> Any:
     """One LM call: the new token(s) against the cache, or the whole sequence again without one."""
-    from nemo_eagle.modeling.eagle import cache_kwargs
-
     if cfg.use_cache:
         return model.language_model(inputs_embeds=step_embeds, attention_mask=mask, position_ids=step_pos,
                                     use_cache=True, **cache_kwargs(model.language_model, cache))

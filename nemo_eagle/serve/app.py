@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nemo_eagle import __version__
+from nemo_eagle._version import __version__
 from nemo_eagle.serve.backends import Backend, BackendError
 from nemo_eagle.serve.engine import Engine, EngineError
 from nemo_eagle.serve.media import ImageFetcher

@@ -64,7 +64,7 @@ def _after_drain(sig: int, frame) -> None:
 
 
 def run(settings: ServeSettings) -> int:
-    from nemo_eagle.hub import resolve_checkpoint
+    from nemo_eagle.checkpoint import CheckpointError, open_checkpoint
     from nemo_eagle.serve.app import create_app
     from nemo_eagle.serve.backends import LocalBackend, TritonBackend
     from nemo_eagle.serve.engine import Engine
@@ -75,8 +75,8 @@ def run(settings: ServeSettings) -> int:
     if settings.cache_path is not None:
         os.environ["NIM_CACHE_PATH"] = str(settings.cache_path)
     try:
-        local = resolve_checkpoint(settings.model_path.removeprefix("hf://"))
-    except FileNotFoundError as e:
+        local = open_checkpoint(settings.model_path).path
+    except (FileNotFoundError, CheckpointError) as e:
         log.error("%s", e)
         return 2
     triton = None

@@ -174,15 +174,13 @@ class Engine:
     @classmethod
     def from_pretrained(cls, path: str | Path, *, load_model: bool = True, device: str | None = None,
                         dtype: str | None = None, max_model_len: int | None = None) -> Engine:
-        from nemo_eagle.config import load_model_config
-        from nemo_eagle.hub import resolve_checkpoint
+        from nemo_eagle.checkpoint import open_checkpoint
 
-        path = resolve_checkpoint(path)
-        cfg = load_model_config(path)
-        processor = EagleProcessor.from_pretrained(path, config=cfg)
+        ckpt = open_checkpoint(path)
+        path, cfg = ckpt.path, ckpt.config
+        processor = EagleProcessor.from_contract(ckpt.contract_dir, cfg)
         limit = max_model_len or cfg.llm.max_position_embeddings
-        saved = path / "embedder_config.json"
-        embedder_config = json.loads(saved.read_text()) if saved.exists() else {}
+        embedder_config = ckpt.embedder_config()
         model = None
         if load_model:
             from nemo_eagle.modeling.eagle import EagleModel

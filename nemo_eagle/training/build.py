@@ -109,7 +109,7 @@ def build_trainer(run: TrainRun, plan: PrecisionPlan, *, has_val: bool, callback
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from nemo_eagle.training.callbacks import StepLog, ThroughputMonitor
+    from nemo_eagle.training.callbacks import SaveOnSignal, StepLog, ThroughputMonitor
 
     t = run.trainer
     exp = Path(run.exp_dir)
@@ -118,7 +118,8 @@ def build_trainer(run: TrainRun, plan: PrecisionPlan, *, has_val: bool, callback
                            save_on_train_epoch_end=False,  # epochs can be short; save by steps only
                            save_top_k=run.checkpoint.save_top_k if has_val else 1,
                            monitor="val_loss" if has_val else None, mode="min")
-    cbs = [ckpt, ThroughputMonitor(), StepLog(exp / "train_log.jsonl"), LearningRateMonitor("step"), *callbacks]
+    cbs = [ckpt, ThroughputMonitor(), StepLog(exp / "train_log.jsonl"), LearningRateMonitor("step"),
+           SaveOnSignal(exp / "checkpoints" / "last.ckpt"), *callbacks]
     kwargs: dict[str, Any] = {
         "accelerator": t.accelerator, "devices": t.devices, "num_nodes": t.num_nodes, "strategy": t.strategy,
         "max_steps": t.max_steps, "max_epochs": t.max_epochs, "log_every_n_steps": t.log_every_n_steps,

@@ -1,14 +1,21 @@
-"""Lightning callbacks of a training run: tokens/s in the progress bar, and a JSONL log of every step."""
+"""Lightning callbacks of a training run: tokens/s in the progress bar, a JSONL log of every step, and a checkpoint
+saved when the run is interrupted (SIGINT / SIGTERM)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback
+
+log = logging.getLogger("nemo_eagle.train")
 
 
 class ThroughputMonitor(Callback):
@@ -63,3 +70,86 @@ def read_step_log(path: str | Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
             by_step[rec["step"]] = rec
     return [by_step[k] for k in sorted(by_step)]
+
+
+class SaveOnSignal(Callback):
+    """SIGINT / SIGTERM during training: finish the step in flight, save ``last.ckpt`` (atomically), stop.
+
+    As NeMo's and Lightning's preemption handling do, the state saved is that of a finished optimizer step, so the
+    rerun resumes exactly. Every rank stops at the same step (the flag is reduced across ranks). A second signal
+    while the step is still running gives up waiting and ends the process the usual way.
+    """
+
+    def __init__(self, path: str | Path, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
+        self.path = Path(path)
+        self.signals = signals
+        self.received: int | None = None
+        self.saved_step: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None:  # asked twice: stop waiting for the step
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+        log.warning("%s received: saving a checkpoint after the current step (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for s in self.signals:
+            self._previous[s] = signal.signal(s, self._handle)
+
+    def _restore(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous.clear()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        if not stop:
+            return
+        if self.received is None:
+            self.received = signal.SIGTERM  # another rank was signalled
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        trainer.save_checkpoint(str(partial))
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+        self.saved_step = int(trainer.global_step)
+        log.warning("interrupted at step %d: saved %s; rerun the same command to resume", self.saved_step, self.path)
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The optimizer step a Lightning checkpoint was saved at; None when the file is torn or unreadable."""
+    import torch
+
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)
+        return int(ckpt["global_step"])
+    except Exception:  # noqa: BLE001 - a torn or foreign file: the caller falls back to another checkpoint
+        return None
+
+
+def keep_steps_up_to(log_path: str | Path, step: int) -> int:
+    """Drop the records of steps after ``step`` (logged by a run that died past its last checkpoint, about to be
+    redone); returns how many were dropped."""
+    p = Path(log_path)
+    if not p.exists():
+        return 0
+    lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
+    if len(kept) != len(lines):
+        tmp = p.with_name(p.name + ".partial")
+        tmp.write_text("".join(ln + "\n" for ln in kept))
+        os.replace(tmp, p)
+    return len(lines) - len(kept)

@@ -45,15 +45,29 @@ def load_run(overrides: Sequence[str] = (), config_name: str = "train") -> Train
 
 
 def resume_checkpoint(run: TrainRun) -> str | None:
+    """The checkpoint to resume from: ``last.ckpt``, or when it is torn the newest intact ``step*.ckpt`` (said so)."""
+    from nemo_eagle.training.callbacks import checkpoint_step
+
     r = run.checkpoint.resume
     if r == "none":
         return None
-    if r == "auto":
-        last = Path(run.exp_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
-    if not Path(r).exists():
-        raise FileNotFoundError(f"checkpoint.resume={r!r}: no such checkpoint")
-    return r
+    if r != "auto":
+        if not Path(r).exists():
+            raise FileNotFoundError(f"checkpoint.resume={r!r}: no such checkpoint")
+        if checkpoint_step(r) is None:
+            raise ValueError(f"checkpoint.resume={r!r} is torn or not a training checkpoint")
+        return r
+    folder = Path(run.exp_dir) / "checkpoints"
+    last = folder / "last.ckpt"
+    candidates = [last] if last.exists() else []
+    candidates += sorted(folder.glob("step*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for c in candidates:
+        if checkpoint_step(c) is not None:
+            if c != last and last.exists():
+                log.warning("%s is torn or unreadable; resuming from the newest intact checkpoint %s", last, c)
+            return str(c)
+        log.warning("skipping torn checkpoint %s", c)
+    return None
 
 
 @dataclass
@@ -61,6 +75,7 @@ class TrainResult:
     nemo_path: Path | None
     trainer: Any
     model: Any
+    interrupted: int | None = None  # the signal that stopped the run (a checkpoint was saved; no .nemo written)
 
 
 def train(run: TrainRun, *, callbacks: Sequence[Any] = ()) -> TrainResult:
@@ -76,9 +91,26 @@ def train(run: TrainRun, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     seed_everything(run.seed, workers=True, verbose=False)
     built = build_run(run, callbacks=callbacks)
     ckpt = resume_checkpoint(run)
+    step_log = exp / "train_log.jsonl"
     if ckpt:
-        log.info("resuming from %s", ckpt)
+        from nemo_eagle.training.callbacks import checkpoint_step, keep_steps_up_to
+
+        step = checkpoint_step(ckpt)
+        log.info("resuming from %s (step %d of %d)", ckpt, step, run.trainer.max_steps)
+        dropped = keep_steps_up_to(step_log, step) if built.trainer.global_rank == 0 else 0
+        if dropped:
+            log.info("train_log.jsonl: dropped %d records of steps after %d (they are redone now)", dropped, step)
+    else:
+        log.info("starting fresh (no checkpoint in %s)", exp / "checkpoints")
+        if step_log.exists() and built.trainer.global_rank == 0:
+            step_log.replace(step_log.with_name("train_log.previous.jsonl"))
+            log.info("the previous run's train_log.jsonl is kept as train_log.previous.jsonl")
     built.trainer.fit(built.model, ckpt_path=ckpt)
+    from nemo_eagle.training.callbacks import SaveOnSignal
+
+    stopper = next((c for c in built.trainer.callbacks if isinstance(c, SaveOnSignal)), None)
+    if stopper is not None and stopper.received is not None:
+        return TrainResult(nemo_path=None, trainer=built.trainer, model=built.model, interrupted=stopper.received)
     out = None
     if built.trainer.global_rank == 0:
         out = exp / run.final_nemo
@@ -110,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"nemo-eagle train: error: {_describe(e)}", file=sys.stderr)
         return 2
+    if result.interrupted is not None:
+        print("nemo-eagle train: interrupted; checkpoint saved, rerun the same command to resume", file=sys.stderr)
+        return 128 + int(result.interrupted)
     if result.nemo_path is not None:
         print(f"trained model: {result.nemo_path}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from train_helpers import COLORS, ask, tiny_overrides
 
-from nemo_eagle.convert.nemo_file import load_nemo_processor
+from nemo_eagle import EagleProcessor
 from nemo_eagle.modeling.eagle import EagleModel
 from nemo_eagle.training.callbacks import read_step_log
 from nemo_eagle.training.run import load_run, train
@@ -34,7 +34,7 @@ def test_tiny_model_learns_colours_and_exports_a_nemo(tiny_ckpt, color_data, tmp
     nemo = result.nemo_path
     assert nemo == exp / "model.nemo" and nemo.exists()
     model = EagleModel.from_pretrained(nemo)
-    processor = load_nemo_processor(nemo)
+    processor = EagleProcessor.from_pretrained(nemo)
     assert processor.tiling.tile_size == 28 and processor.tokens_per_tile == 1
     for name in COLORS:
         assert ask(model, processor, color_data / "images" / f"{name}.png") == name

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from nemo_eagle import EagleProcessor
 from nemo_eagle.convert import nemo_file
 from nemo_eagle.convert.cli import main as convert_main
 from nemo_eagle.modeling.eagle import EagleModel
@@ -61,7 +62,7 @@ def test_the_nemo_holds_the_preprocessing_contract(tiny_ckpt, tiny_nemo):
     contents = nemo_file.read_nemo(tiny_nemo, weights=False)
     assert contents.model_config["target"] == "nemo_eagle.nemo_model.EagleNeMoModel"
     assert contents.eagle.tiling.max_tiles == 12 and contents.eagle.tokens_per_tile == 256
-    proc = nemo_file.load_nemo_processor(tiny_nemo)
+    proc = EagleProcessor.from_pretrained(tiny_nemo)
     assert proc.tokenizer.image_token_id == 424 and proc.tiling.tile_size == 448
 
 
