@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from nemo_eagle.data.datasets import IGNORE_INDEX
+from nemo_eagle.data.padding import pad_rows
 
 PACKING_MASKS = ("position_ids", "block")
 
@@ -63,13 +64,9 @@ class EagleCollator:
         return (n + m - 1) // m * m
 
     def _padded(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        length = self._round(max(int(s["input_ids"].numel()) for s in samples))
-        ids = torch.full((len(samples), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(samples), length), dtype=torch.long)
-        for i, s in enumerate(samples):
-            n = int(s["input_ids"].numel())
-            ids[i, :n], labels[i, :n], mask[i, :n] = s["input_ids"], s["labels"], 1
+        m = self.pad_to_multiple_of
+        ids, mask = pad_rows([s["input_ids"] for s in samples], self.pad_token_id, multiple_of=m)
+        labels, _ = pad_rows([s["labels"] for s in samples], IGNORE_INDEX, multiple_of=m)
         return {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": None}
 
     def _packed(self, samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -13,7 +13,6 @@ the sample id and skipped with a count (``on_bad_sample="skip"``) or stop the ru
 from __future__ import annotations
 
 import glob
-import io
 import itertools
 import json
 import logging
@@ -27,9 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from PIL import Image
 
-from nemo_eagle.data.images import ImageError, decode_data_url, load_image
+from nemo_eagle.data.images import DEFAULT_MAX_PIXELS, ImageError, decode_data_url, load_image, read_image_header
 from nemo_eagle.data.tokenizer import IM_END, IM_START
 
 if TYPE_CHECKING:
@@ -342,26 +340,16 @@ def detect_format(manifest: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ encoding
-def image_size(ref: ImageRef) -> tuple[int, int]:
+def image_size(ref: ImageRef, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) as ``load_image`` will see it (EXIF rotation applied), reading only the header."""
     if isinstance(ref, TarMember):
-        src: Any = io.BytesIO(ref.read())
+        src: Any = ref.read()
     elif isinstance(ref, str):
-        src = io.BytesIO(decode_data_url(ref))
+        src = decode_data_url(ref)
     else:
-        if not ref.exists():
-            raise ImageError(f"file not found: {ref}")
         src = ref
-    try:
-        with Image.open(src) as img:
-            w, h = img.size
-            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
-                w, h = h, w
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"cannot read the image header of {describe_ref(ref)}: {e}") from e
-    if w == 0 or h == 0:
-        raise ImageError(f"{describe_ref(ref)} has no pixels")
-    return w, h
+    head = read_image_header(src, name=describe_ref(ref), max_pixels=max_pixels)
+    return head.width, head.height
 
 
 def describe_ref(ref: ImageRef) -> str:

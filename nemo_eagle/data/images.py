@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -23,6 +25,60 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 class ImageError(ValueError):
     """An input that is not a usable image; the message names the input and the problem."""
+
+
+class ImageTooLarge(ImageError):
+    """An image over the pixel limit (a likely decompression bomb); refused from its header, before decoding."""
+
+
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 or 270 degrees: width and height swap
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    width: int  # as the decoded image will be, EXIF rotation applied
+    height: int
+    format: str
+
+
+def read_image_header(source: str | Path | bytes | io.IOBase, *, name: str,
+                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageHeader:
+    """Format and size of an image from its header alone (nothing is decoded), with the pixel limit checked.
+
+    The one header reader: training's dataset scan, the serving front's checks and ``load_image`` use it."""
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageError(f"{name}: empty image (0 bytes)")
+        source = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, Path)) and not Path(source).exists():
+        raise ImageError(f"{name}: file not found: {source}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                width, height = img.size
+                orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+                fmt = img.format or "unknown"
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name}: not an image (PIL cannot identify the format)") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLarge(f"{name}: image too large to decode safely ({e})") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name}: corrupt or truncated image header ({e})") from e
+    return _checked_header(width, height, orientation, fmt, name, max_pixels)
+
+
+def _checked_header(width: int, height: int, orientation: int, fmt: str, name: str,
+                    max_pixels: int | None) -> ImageHeader:
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{name}: image has no pixels ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                            "pixels (decompression bomb?)")
+    if orientation in TRANSPOSED_ORIENTATIONS:
+        width, height = height, width
+    return ImageHeader(width, height, fmt)
 
 
 def _open(source: ImageInput, name: str) -> Image.Image:
@@ -85,11 +141,7 @@ def load_image(source: ImageInput, *, name: str | None = None, max_pixels: int |
             return load_image(Image.fromarray(arr), name=name, max_pixels=max_pixels)
         return _check_tensor(torch.from_numpy(np.ascontiguousarray(arr)), name)
     img = _open(source, name)
-    w, h = img.size
-    if w == 0 or h == 0:
-        raise ImageError(f"{name}: image has no pixels ({w}x{h})")
-    if max_pixels is not None and w * h > max_pixels:
-        raise ImageError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (decompression bomb?)")
+    _checked_header(img.width, img.height, 1, img.format or "unknown", name, max_pixels)
     try:
         img = ImageOps.exif_transpose(img) or img
         rgb = to_rgb(img)

@@ -17,6 +17,7 @@ import torch
 from nemo_eagle.config import EagleConfig, TilingConfig
 from nemo_eagle.data import chat_template as ct
 from nemo_eagle.data.images import ImageInput, load_image
+from nemo_eagle.data.padding import pad_rows
 from nemo_eagle.data.tokenizer import ENDOFTEXT, IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START, EagleTokenizer  # noqa: F401 - the token names are re-exported for callers
 from nemo_eagle.ops import get_op
 from nemo_eagle.tiling import TilePlan, fit_plans_to_budget, plan_tiles
@@ -221,15 +222,7 @@ class EagleProcessor:
         return groups
 
     def _pad(self, ids: list[list[int]], side: str) -> dict[str, torch.Tensor]:
-        if side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
-        length = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), length), dtype=torch.long)
-        for i, x in enumerate(ids):
-            sl = slice(length - len(x), length) if side == "left" else slice(0, len(x))
-            input_ids[i, sl] = torch.tensor(x, dtype=torch.long)
-            mask[i, sl] = 1
+        input_ids, mask = pad_rows(ids, self.tokenizer.pad_token_id, side=side)
         return {"input_ids": input_ids, "attention_mask": mask}
 
     # ------------------------------------------------------------------------------------------- decode

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from nemo_eagle.data.padding import pad_rows
 from nemo_eagle.embed import scoring
 from nemo_eagle.embed.inputs import (
     EmbedInput,
@@ -255,12 +256,7 @@ class EagleEmbedder(nn.Module):
 
     def collate(self, items: Sequence[_Item]) -> EmbedBatch:
         """Right-pad a list of tokenised inputs into one batch."""
-        length = max(len(it.ids) for it in items)
-        input_ids = torch.full((len(items), length), self.processor.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(items), length), dtype=torch.long)
-        for i, it in enumerate(items):
-            input_ids[i, :len(it.ids)] = torch.tensor(it.ids, dtype=torch.long)
-            mask[i, :len(it.ids)] = 1
+        input_ids, mask = pad_rows([it.ids for it in items], self.processor.tokenizer.pad_token_id, side="right")
         pixels = [it.pixel_values for it in items if it.pixel_values is not None]
         return EmbedBatch(input_ids, mask, torch.cat(pixels) if pixels else None, [len(it.ids) for it in items],
                           [it.truncated for it in items])

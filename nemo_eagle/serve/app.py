@@ -10,56 +10,26 @@ import logging
 import secrets
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nemo_eagle._version import __version__
 from nemo_eagle.serve.backends import Backend, BackendError
 from nemo_eagle.serve.engine import Engine, EngineError
 from nemo_eagle.serve.media import ImageFetcher
-from nemo_eagle.serve.metrics import ServeMetrics
-from nemo_eagle.serve.schema import ErrorBody, ErrorResponse, HealthResponse, ModelCard, ModelList
+from nemo_eagle.serve.schema import ErrorResponse, HealthResponse, ModelCard, ModelList
 from nemo_eagle.serve.settings import ServeSettings
+from nemo_eagle.serve.state import ERROR_TYPES, ServeState, error_response  # noqa: F401 - re-exported
 
 log = logging.getLogger("nemo_eagle.serve")
 
 API_VERSION = "1.0.0"
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
-               422: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable"}
 OPEN_ROUTES = ("/v1/health/live", "/v1/health/ready", "/v1/metrics")
-
-
-@dataclass
-class ServeState:
-    settings: ServeSettings
-    backend: Backend
-    engine: Engine
-    fetcher: ImageFetcher
-    metrics: ServeMetrics = field(default_factory=ServeMetrics)
-    embedder: Any = None
-    triton_metrics_url: str | None = None
-    created: int = field(default_factory=lambda: int(time.time()))
-    draining: bool = False
-    in_flight: int = 0  # HTTP requests being served
-    active_jobs: int = 0  # generation jobs submitted to the backend and not finished
-
-    @property
-    def model_name(self) -> str:
-        return self.settings.model_name
-
-
-def error_response(status: int, message: str, *, code: str | None = None, param: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorBody(message=message, type=ERROR_TYPES.get(status, "server_error"),
-                                         param=param, code=code))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 class BodyTooLarge(Exception):

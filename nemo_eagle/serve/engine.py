@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from nemo_eagle.data.images import ImageError
+from nemo_eagle.data.padding import pad_rows
 from nemo_eagle.data.processor import IMG_CONTEXT, IMG_END, IMG_START, EagleProcessor
 from nemo_eagle.tiling import TilePlan, fit_plans_to_budget
 
@@ -317,13 +318,7 @@ class Engine:
 
     def _collate(self, batches: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Left-pad single-prompt batches into one (B, L) batch; tiles stay in row order."""
-        length = max(int(b["input_ids"].shape[1]) for b in batches)
-        ids = torch.full((len(batches), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batches), length), dtype=torch.long)
-        for r, b in enumerate(batches):
-            n = int(b["input_ids"].shape[1])
-            ids[r, length - n:] = b["input_ids"][0]
-            mask[r, length - n:] = 1
+        ids, mask = pad_rows([b["input_ids"][0] for b in batches], self.tokenizer.pad_token_id, side="left")
         pixels = [b["pixel_values"] for b in batches if b["pixel_values"].numel()]
         pixel_values = torch.cat(pixels).to(self.model.dtype) if pixels else None
         return ids, mask, pixel_values

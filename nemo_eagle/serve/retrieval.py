@@ -12,7 +12,7 @@ import logging
 import numpy as np
 from fastapi import APIRouter, Request
 
-from nemo_eagle.serve.app import ServeState
+from nemo_eagle.serve.state import ServeState
 from nemo_eagle.serve.engine import EngineError
 from nemo_eagle.serve.schema import (
     Embedding,
