@@ -355,3 +355,19 @@ def test_errors_are_clear(col, single_embedder, tiny_ckpt, tiled, wide_page):
         processor.process_queries(["q"], contexts=["c"])
     with pytest.raises(ValueError, match="Only one of"):
         processor.process_queries(texts=["a"], queries=["b"])
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_flow_matches_cpu(col, pages, tiny_ckpt):
+    """colpali-engine's `.to(model.device)` on a CUDA bf16 model gives the CPU fp32 vectors (cosine > 0.98)."""
+    processor, cpu = col
+    gpu = ColEagleModel.from_pretrained(tiny_ckpt, torch_dtype=torch.bfloat16, device_map="cuda:0", max_tiles=1,
+                                        projection_dim=32, bidirectional=True).eval()
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.bfloat16
+    batch = processor.process_images(pages[:2])
+    a, b = embed(cpu, batch), embed(gpu, batch).cpu()
+    mask = batch["attention_mask"].bool()
+    cos = torch.nn.functional.cosine_similarity(a[mask], b[mask].float(), dim=-1)
+    assert float(cos.min()) > 0.98, cos
+    torch.testing.assert_close(processor.score(list(b), list(b), device="cuda").diagonal(),
+                               processor.score(list(b), list(b)).diagonal(), atol=1e-2, rtol=1e-3)
