@@ -24,7 +24,8 @@ from transformers import BatchFeature
 
 from nemo_eagle.embed.colpali import ColEagleModel, ColEagleProcessor
 
-COLPALI_MODULES = ("colpali_engine.utils.processing_utils", "colpali_engine.interpretability.similarity_map_utils")
+COLPALI_MODULES = ("colpali_engine.utils.processing_utils", "colpali_engine.interpretability.similarity_map_utils",
+                   "colpali_engine.loss.late_interaction_losses")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def colpali():
                     "install it with `pip install --no-deps [--target $COLPALI_ENGINE_PATH] colpali-engine einops`")
     saved = {k: v for k, v in sys.modules.items() if k == "colpali_engine" or k.startswith("colpali_engine.")}
     root = spec.submodule_search_locations[0]
-    for name in ("colpali_engine", "colpali_engine.utils", "colpali_engine.interpretability"):
+    for name in ("colpali_engine", "colpali_engine.utils", "colpali_engine.interpretability", "colpali_engine.loss"):
         pkg = types.ModuleType(name)
         pkg.__path__ = [root + name[len("colpali_engine"):].replace(".", "/")]
         sys.modules[name] = pkg
@@ -146,6 +147,27 @@ def test_forward_is_differentiable(tiled):
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)
     model.zero_grad(set_to_none=True)
+
+
+def test_colpali_engines_loss_trains_the_model(colpali, tiled, pages, monkeypatch):
+    """One gradient step on colpali-engine's ColbertLoss (in-batch InfoNCE) through the model lowers that loss."""
+    monkeypatch.setenv("COLPALI_SCORES_BACKEND", "torch")
+    processor, model = tiled
+    loss_fn = colpali.late_interaction_losses.ColbertLoss()
+    queries, docs = processor.process_queries(["red page", "blue page", "green page"]), processor.process_images(pages[:3])
+    weight = model.embedder.projection.weight
+    before = weight.detach().clone()
+    try:
+        loss = loss_fn(model(**queries), model(**docs))
+        loss.backward()
+        with torch.no_grad():
+            weight -= 1e-2 * weight.grad / weight.grad.norm()
+            after = loss_fn(model(**queries), model(**docs))
+        assert torch.isfinite(loss) and float(after) < float(loss.detach())
+    finally:
+        with torch.no_grad():
+            weight.copy_(before)
+        model.zero_grad(set_to_none=True)
 
 
 def test_different_images_give_different_vectors(col, pages):
