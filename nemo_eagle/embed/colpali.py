@@ -24,7 +24,6 @@ do. For a one-tile page (no thumbnail) ``get_image_mask`` works with colpali-eng
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -36,7 +35,7 @@ from torch import Tensor, nn
 from transformers import BatchFeature
 
 from nemo_eagle.embed import scoring
-from nemo_eagle.embed.embedder import CONFIG_FILE, EagleEmbedder, EmbedBatch, EmbedderConfig
+from nemo_eagle.embed.embedder import EagleEmbedder, EmbedBatch, EmbedderConfig
 from nemo_eagle.embed.inputs import image_blocks
 
 # Keyword arguments colpali-engine's trainers pass to every model and the models drop (ColQwen2 does the same).
@@ -135,19 +134,16 @@ class ColEagleProcessor:
     @classmethod
     def from_pretrained(cls, path: str | Path, *, truncate: str = "END", **overrides: Any) -> ColEagleProcessor:
         """The processor of a checkpoint (tokenizer, tiling, prefixes) without loading its weights."""
-        from nemo_eagle.config import load_model_config
+        from nemo_eagle.checkpoint import open_checkpoint
         from nemo_eagle.data.processor import EagleProcessor
-        from nemo_eagle.hub import resolve_checkpoint
 
         if overrides.get("mode", "multi") != "multi":
             raise ValueError(f"ColEagleProcessor is multi-vector; got mode={overrides['mode']!r}")
-        path = resolve_checkpoint(path)
-        cfg = load_model_config(path)
-        saved = json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).exists() else {}
-        config = EmbedderConfig.from_dict({**saved, **{k: v for k, v in overrides.items() if v is not None},
-                                           "mode": "multi"})
-        processor = EagleProcessor.from_pretrained(path, config=cfg, padding_side="right")
-        return cls(EagleEmbedder(_Weightless(cfg), processor, config), truncate=truncate)
+        ckpt = open_checkpoint(path)
+        config = EmbedderConfig.from_dict({**ckpt.embedder_config(),
+                                           **{k: v for k, v in overrides.items() if v is not None}, "mode": "multi"})
+        processor = EagleProcessor.from_contract(ckpt.contract_dir, ckpt.config, padding_side="right")
+        return cls(EagleEmbedder(_Weightless(ckpt.config), processor, config), truncate=truncate)
 
     # ------------------------------------------------------------------------------------- attributes
     @property
