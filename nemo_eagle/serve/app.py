@@ -245,7 +245,7 @@ def _model_routes() -> APIRouter:
             "limits": {k: getattr(st.settings, k) for k in ("max_request_bytes", "max_image_bytes", "max_image_pixels",
                                                             "max_images_per_request", "max_concurrent_requests")},
             "backend": st.backend.info(),
-            "embeddings": st.embedder is not None,
+            "embeddings": "/v1/embeddings" in request.app.openapi()["paths"],  # the route this app serves
         }
 
     @r.get("/v1/version")
