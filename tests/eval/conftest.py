@@ -43,27 +43,6 @@ def tiny_predictor(tiny_ckpt):
 
 
 @pytest.fixture(scope="session")
-def sensitive_ckpt(tiny_ckpt, tmp_path_factory) -> Path:
-    """The tiny checkpoint with its matrices redrawn larger (seeded). The fixture's own weights are so small
-    that greedy decoding repeats one token whatever the image; these answers change with the pixels, so
-    comparing two prediction paths means something."""
-    import torch
-
-    from nemo_eagle import EagleModel, EagleProcessor
-
-    out = tmp_path_factory.mktemp("sensitive-eagle2")
-    model = EagleModel.from_pretrained(tiny_ckpt, dtype=torch.float32)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 1.0 if "embed" in name else 0.3, generator=g)
-    model.save_pretrained(out)
-    EagleProcessor.from_pretrained(tiny_ckpt).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="session")
 def sensitive_predictor(sensitive_ckpt):
     from nemo_eagle.eval.predictors import LocalPredictor
 

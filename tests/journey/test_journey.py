@@ -60,10 +60,11 @@ def server(trained, tmp_path_factory):
         assert proc.stop() == 0, proc.logs()[-3000:]
 
 
-def _in_process(nemo: Path, images: list, text: str, max_tokens: int) -> str:
+def _in_process(nemo: Path, images: list, text: str, max_tokens: int, max_tiles: int) -> str:
     proc, model = EagleProcessor.from_pretrained(nemo), EagleModel.from_pretrained(nemo, dtype=torch.float32)
     content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
-    batch = proc(text=proc.apply_chat_template([{"role": "user", "content": content}]), images=images)
+    batch = proc(text=proc.apply_chat_template([{"role": "user", "content": content}]), images=images,
+                 max_tiles=max_tiles)
     ids = model.generate(**batch, max_new_tokens=max_tokens)[0].tolist()
     eos = proc.tokenizer.eos_token_id
     return proc.decode(ids[: ids.index(eos)] if eos in ids else ids)
@@ -79,8 +80,8 @@ def test_the_trained_nemo_serves_the_answers_it_gives_in_process(trained, server
     for images, text in ((paths[:1], "What colour is this?"), (paths, "Compare them."), (paths[::-1], "Compare them.")):
         urls = [data_url(p.read_bytes()) for p in images]
         got = client.chat.completions.create(model="journey", messages=image_message(urls, text), max_tokens=12,
-                                             temperature=0)
-        want = _in_process(trained, [Image.open(p) for p in images], text, 12)
+                                             temperature=0, extra_body={"max_tiles": 4})
+        want = _in_process(trained, [Image.open(p) for p in images], text, 12, 4)
         assert got.choices[0].message.content == want
         answers.append(want)
     assert len(set(answers)) == 3  # the answers depend on the images and their order
