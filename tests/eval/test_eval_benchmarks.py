@@ -217,7 +217,7 @@ def test_cli_errors_are_named(tmp_path, eval_files, capsys):
     assert eval_main(["--benchmark", "docvqa", "--data", str(tmp_path / "no.json"), "--endpoint", "http://x"]) == 2
     assert "no.json does not exist" in capsys.readouterr().err
     assert eval_main(["--benchmark", "docvqa", "--data", str(eval_files["docvqa"]), "--model", str(tmp_path)]) == 2
-    assert "is not a checkpoint folder" in capsys.readouterr().err
+    assert "holds no checkpoint" in capsys.readouterr().err
     assert eval_main(["--benchmark", "docvqa", "--data", str(eval_files["docvqa"]), "--endpoint", "http://x",
                       "--limit", "0"]) == 2
     assert "--limit must be >= 1" in capsys.readouterr().err
