@@ -189,6 +189,11 @@ def open_checkpoint(source: str | os.PathLike) -> Checkpoint:
             tied = not hf_io.hf_has_lm_head(_tensor_names(local))
             if tied != cfg.llm.tie_word_embeddings:  # the flag sits in text_config in some configs: trust the tensors
                 cfg = cfg.replace(llm={"tie_word_embeddings": tied})
+            # Eagle2-9B: the tower order and the ConvNeXt head size, read from the tensor names and shapes
+            cfg = hf_io.config_for_tensors(cfg, hf_io.tensor_shapes(local))
+        if fmt == "megatron" and cfg.vision.is_mixture:  # what the tensors told when it was saved (Eagle2-9B)
+            saved = _read_json(local / MEGATRON_META).get("convnext") or {}
+            cfg = cfg.replace(vision={"convnext": {**cfg.vision.convnext, **saved}})
         ckpt = Checkpoint(s, local, fmt, cfg, local)
     log.debug("opened %s as %s", s, fmt)
     return ckpt

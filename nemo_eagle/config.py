@@ -24,7 +24,13 @@ _LLM_FIELDS = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
     "vocab_size", "max_position_embeddings", "rope_theta", "rms_norm_eps", "hidden_act", "tie_word_embeddings",
 )
-PROMPT_FORMATS = ("eagle_2_5_vl", "eagle_chat")
+PROMPT_FORMATS = ("eagle_2_5_vl", "eagle_chat", "qwen2_chat")
+RESIZE_BACKENDS = ("torch", "pil")
+ALPHA_MODES = ("white", "drop")
+MOE_TOWER = "eagle_moe_siglip_convnext"  # our name for the Eagle2-9B ``MOB`` SigLIP + ConvNeXt vision config
+# CLIP normalisation, which the Eagle2-9B ConvNeXt branch sees (converted from the SigLIP-normalised tile).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(kw_only=True)
@@ -42,8 +48,10 @@ class VisionConfig:
     layer_norm_eps: float = 1e-6
     num_channels: int = 3
     select_layer: int = -1  # -1: output after post_layernorm; k: hidden_states[k]
-    # Mixture-of-encoders towers (Eagle2-9B): a ConvNeXt branch whose features are resized to the SigLIP
-    # grid and concatenated on channels. Empty for single-tower models.
+    # Mixture-of-encoders tower (Eagle2-9B): a ConvNeXt branch at ``image_size`` px whose last-stage features
+    # (one per pixel-shuffled SigLIP token) are concatenated after the pixel shuffle. Keys: image_size, depths,
+    # hidden_sizes, layer_norm_eps, num_classes (its unused head), towers (the checkpoint's tower order),
+    # image_mean / image_std (its normalisation). Empty for single-tower models.
     convnext: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -54,8 +62,18 @@ class VisionConfig:
 
     @property
     def output_channels(self) -> int:
-        """Channels per patch that reach the pixel shuffle."""
-        return self.hidden_size + int(self.convnext.get("hidden_sizes", [0])[-1] if self.convnext else 0)
+        """Channels per patch that reach the pixel shuffle (the SigLIP tower's)."""
+        return self.hidden_size
+
+    @property
+    def is_mixture(self) -> bool:
+        """True for the Eagle2-9B SigLIP + ConvNeXt tower."""
+        return bool(self.convnext)
+
+    @property
+    def convnext_channels(self) -> int:
+        """Channels the ConvNeXt branch adds to each projector input token (0 without one)."""
+        return int(self.convnext["hidden_sizes"][-1]) if self.convnext else 0
 
 
 @dataclass(kw_only=True)
@@ -103,12 +121,22 @@ class TilingConfig:
     prompt_format: str = "eagle_2_5_vl"
     # eagle_chat's released code ends prompts with "<|im_end|>assistant\n"; off unless asked for.
     legacy_generation_prompt_bug: bool = False
+    # "torch": antialiased uint8 resize of the RGB image (Eagle2-1B/2B); "pil": PIL's own resize of the image as
+    # loaded, then RGB per tile, normalised as torchvision's ToTensor + Normalize (Eagle2-9B).
+    resize: str = "torch"
+    # What RGBA / LA / transparent-palette images become: "white" composites over white (1B/2B), "drop" drops
+    # the alpha channel (PIL's convert("RGB"), Eagle2-9B).
+    alpha: str = "white"
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_tiles <= self.max_tiles:
             raise ValueError(f"need 1 <= min_tiles <= max_tiles, got min_tiles={self.min_tiles}, max_tiles={self.max_tiles}")
         if self.prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"unknown prompt_format {self.prompt_format!r}; choose one of {PROMPT_FORMATS}")
+        if self.resize not in RESIZE_BACKENDS:
+            raise ValueError(f"unknown resize {self.resize!r}; choose one of {RESIZE_BACKENDS}")
+        if self.alpha not in ALPHA_MODES:
+            raise ValueError(f"unknown alpha {self.alpha!r}; choose one of {ALPHA_MODES}")
         self.image_mean = tuple(float(v) for v in self.image_mean)
         self.image_std = tuple(float(v) for v in self.image_std)
 
@@ -130,7 +158,7 @@ class EagleConfig:
 
     @property
     def projector_in_features(self) -> int:
-        return self.vision.output_channels * self.projector.shuffle_factor**2
+        return self.vision.output_channels * self.projector.shuffle_factor**2 + self.vision.convnext_channels
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -170,20 +198,29 @@ def _qwen25(hidden: int, layers: int, heads: int, kv: int, inter: int, tied: boo
     )
 
 
-# ConvNeXt-XXLarge (CLIP-ConvNeXt of the Eagle2-9B mixture of encoders), run at 512 px.
+# ConvNeXt-XXLarge (CLIP-ConvNeXt of the Eagle2-9B mixture of encoders, timm's convnext_xxlarge with its
+# LayerNorm eps 1e-5), run at 512 px; its unused head projects to the 1024-d CLIP space.
+CONVNEXT_XXL_DEPTHS = (3, 4, 30, 3)
+CONVNEXT_XXL_DIMS = (384, 768, 1536, 3072)
 _CONVNEXT_XXL = {
     "image_size": 512,
-    "depths": [3, 4, 30, 3],
-    "hidden_sizes": [384, 768, 1536, 3072],
-    "layer_norm_eps": 1e-6,
+    "depths": list(CONVNEXT_XXL_DEPTHS),
+    "hidden_sizes": list(CONVNEXT_XXL_DIMS),
+    "layer_norm_eps": 1e-5,
+    "num_classes": 1024,
+    "towers": ["siglip", "convnext"],
+    "image_mean": list(CLIP_MEAN),
+    "image_std": list(CLIP_STD),
 }
 
 PRESETS: dict[str, EagleConfig] = {
     "eagle2-1b": EagleConfig(vision=_siglip_so400m(), llm=_qwen25(896, 24, 14, 2, 4864, tied=True)),
     "eagle2-2b": EagleConfig(vision=_siglip_so400m(), llm=_qwen25(1536, 28, 12, 2, 8960, tied=True)),
     "eagle2-9b": EagleConfig(
-        vision=VisionConfig(model_type="eagle_moe_siglip_convnext", convnext=dict(_CONVNEXT_XXL)),
+        vision=VisionConfig(model_type=MOE_TOWER, convnext=copy.deepcopy(_CONVNEXT_XXL)),
         llm=_qwen25(3584, 28, 28, 4, 18944, tied=False),
+        tiling=TilingConfig(prompt_format="qwen2_chat", resize="pil", alpha="drop"),
+        format="eagle_chat",
     ),
     "eagle2.5-8b": EagleConfig(
         vision=_siglip_so400m(image_size=512, patch_size=16),
@@ -240,9 +277,9 @@ def _split(d: dict[str, Any], names: tuple[str, ...]) -> tuple[dict[str, Any], d
 def _llm_from_hf(text: dict[str, Any], top: dict[str, Any]) -> LLMConfig:
     known, rest = _split(text, _LLM_FIELDS)
     # transformers 5.x moved rope_theta into rope_parameters
-    if "rope_theta" not in known and isinstance(text.get("rope_parameters"), dict):
-        if "rope_theta" in text["rope_parameters"]:
-            known["rope_theta"] = text["rope_parameters"]["rope_theta"]
+    rope = text.get("rope_parameters")
+    if "rope_theta" not in known and isinstance(rope, dict) and "rope_theta" in rope:
+        known["rope_theta"] = rope["rope_theta"]
     if "tie_word_embeddings" not in known and "tie_word_embeddings" in top:
         known["tie_word_embeddings"] = top["tie_word_embeddings"]
     model_type = rest.pop("model_type", None) or _model_type_from_arch(rest.get("architectures"))
@@ -266,6 +303,51 @@ def _vision_from_hf(vis: dict[str, Any], select_layer: int) -> VisionConfig:
     return VisionConfig(model_type=model_type, select_layer=select_layer, convnext=convnext, **known, extra=rest)
 
 
+def _is_mob(vis: dict[str, Any]) -> bool:
+    towers = vis.get("vision_path") or vis.get("vision_tower") or ""
+    return vis.get("model_type") == "MOB" or (isinstance(towers, str) and ";" in towers)
+
+
+def _tower_kinds(vis: dict[str, Any]) -> list[str]:
+    """The tower order a MOB vision_path names ("MOB:palisiglip;convnext-1024" -> [siglip, convnext])."""
+    path = str(vis.get("vision_path") or vis.get("vision_tower") or "MOB:siglip;convnext")
+    names = path.split(":", 1)[-1].split(";")
+    kinds = ["convnext" if "convnext" in n.lower() else "siglip" for n in names]
+    if sorted(kinds) != ["convnext", "siglip"]:
+        raise NotImplementedError(f"mixture-of-encoders vision_path {path!r}: only one SigLIP + one ConvNeXt tower "
+                                  "(Eagle2-9B) is supported")
+    return kinds
+
+
+def _moe_vision_from_hf(vis: dict[str, Any], select_layer: int) -> VisionConfig:
+    """Eagle2-9B's ``MOB`` vision_config: a SigLIP config nested in ``siglip_vision_config`` plus a ConvNeXt."""
+    sig = vis.get("siglip_vision_config")
+    if not isinstance(sig, dict):
+        raise TypeError("MOB vision_config has no siglip_vision_config dict (the SigLIP tower's config)")
+    if vis.get("normalize_type", "siglip") != "siglip":
+        raise NotImplementedError(f"MOB vision_config normalize_type {vis['normalize_type']!r}: only 'siglip' "
+                                  "(the Eagle2-9B release) is supported")
+    known, rest = _split(sig, _VISION_FIELDS)
+    rest.pop("model_type", None)
+    convnext = copy.deepcopy(_CONVNEXT_XXL)
+    convnext.update({
+        "image_size": int(vis.get("convnext_img_size", 512)),
+        "towers": _tower_kinds(vis),
+        # the released config carries no ConvNeXt sizes: XXLarge unless the config says otherwise
+        "depths": [int(v) for v in vis.get("convnext_depths") or CONVNEXT_XXL_DEPTHS],
+        "hidden_sizes": [int(v) for v in vis.get("convnext_dims") or CONVNEXT_XXL_DIMS],
+        "hf": {k: v for k, v in vis.items() if k != "siglip_vision_config"},
+    })
+    return VisionConfig(model_type=MOE_TOWER, select_layer=select_layer, convnext=convnext, **known, extra=rest)
+
+
+def _moe_tiling_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    template = hf.get("template", "qwen2-chat")
+    if template != "qwen2-chat":
+        raise NotImplementedError(f"Eagle2-9B layout with template {template!r}: only 'qwen2-chat' is supported")
+    return {"prompt_format": "qwen2_chat", "resize": "pil", "alpha": "drop"}
+
+
 def config_from_hf(hf: dict[str, Any]) -> EagleConfig:
     """An ``EagleConfig`` from an HF Eagle config.json dict (``eagle_2_5_vl`` or ``eagle_chat``)."""
     hf = copy.deepcopy(hf)
@@ -281,18 +363,15 @@ def config_from_hf(hf: dict[str, Any]) -> EagleConfig:
         )
     if "vision_config" not in hf:
         raise ValueError("config.json has no vision_config")
-    towers = hf["vision_config"].get("vision_tower")
-    if isinstance(towers, str) and ";" in towers:
-        raise NotImplementedError(
-            f"this checkpoint uses a mixture-of-encoders vision tower ({towers!r}, as Eagle2-9B does); loading its "
-            "weights is not supported yet (the ConvNeXt branch's checkpoint layout is not mapped). The eagle2-9b "
-            "preset builds the same architecture with random weights for training from scratch."
-        )
+    mixture = _is_mob(hf["vision_config"])
+    if mixture and fmt != "eagle_chat":
+        raise ValueError("a mixture-of-encoders (MOB) vision_config is only known in the eagle_chat layout (Eagle2-9B)")
     ratio = float(hf.get("downsample_ratio", 0.5))
     factor = round(1 / ratio)
     if not math.isclose(1 / factor, ratio):
         raise ValueError(f"downsample_ratio {ratio} is not 1/k for an integer k")
-    vision = _vision_from_hf(hf["vision_config"], int(hf.get("select_layer", -1)))
+    select_layer = int(hf.get("select_layer", -1))
+    vision = (_moe_vision_from_hf if mixture else _vision_from_hf)(hf["vision_config"], select_layer)
     if hf.get("force_image_size"):
         vision.image_size = int(hf["force_image_size"])
     llm = _llm_from_hf(hf[text_key], hf)
@@ -301,7 +380,7 @@ def config_from_hf(hf: dict[str, Any]) -> EagleConfig:
         min_tiles=int(hf.get(min_key, 1)),
         max_tiles=int(hf.get(max_key, 12)),
         use_thumbnail=bool(hf.get("use_thumbnail", True)),
-        prompt_format=fmt,
+        **({"prompt_format": fmt} | (_moe_tiling_from_hf(hf) if mixture else {})),
     )
     consumed = {"model_type", "vision_config", text_key, "downsample_ratio", "select_layer", min_key, max_key,
                 "use_thumbnail", "image_token_index", "tie_word_embeddings", "force_image_size"}
@@ -324,6 +403,8 @@ def llm_hf_dict(llm: LLMConfig) -> dict[str, Any]:
 
 
 def vision_hf_dict(vision: VisionConfig) -> dict[str, Any]:
+    if vision.is_mixture:
+        return _moe_vision_hf_dict(vision)
     d = {k: getattr(vision, k) for k in _VISION_FIELDS}
     d.update(vision.extra)
     d["model_type"] = vision.model_type
@@ -331,6 +412,35 @@ def vision_hf_dict(vision: VisionConfig) -> dict[str, Any]:
     if vision.convnext:
         d["convnext_config"] = dict(vision.convnext)
     return d
+
+
+def siglip_hf_dict(vision: VisionConfig) -> dict[str, Any]:
+    """The SigLIP tower's config dict (the whole vision config of single-tower models)."""
+    d = {k: getattr(vision, k) for k in _VISION_FIELDS}
+    d.update(vision.extra)
+    d["model_type"] = "siglip_vision_model" if vision.is_mixture else vision.model_type
+    return d
+
+
+def _moe_vision_hf_dict(vision: VisionConfig) -> dict[str, Any]:
+    cn = vision.convnext
+    out = copy.deepcopy(cn.get("hf") or {})
+    kinds = list(cn.get("towers", ["siglip", "convnext"]))
+    names = {"siglip": "palisiglip", "convnext": "convnext-1024"}
+    out.setdefault("model_type", "MOB")
+    out.setdefault("vision_path", "MOB:" + ";".join(names[k] for k in kinds))
+    out.setdefault("vision_tower", out["vision_path"].split(":", 1)[-1])
+    out.setdefault("moe_version_type", f"convnext_{cn.get('image_size', 512)}_siglip_{vision.image_size}")
+    out.setdefault("normalize_type", "siglip")
+    out.setdefault("mm_vision_select_layer", vision.select_layer)
+    out.update({"convnext_img_size": int(cn.get("image_size", 512)), "input_image_size": vision.image_size,
+                "image_size": vision.image_size})
+    sizes = (list(cn["depths"]), list(cn["hidden_sizes"]))
+    if sizes != (list(CONVNEXT_XXL_DEPTHS), list(CONVNEXT_XXL_DIMS)) or "convnext_depths" in out:
+        out["convnext_depths"], out["convnext_dims"] = sizes
+    sig = siglip_hf_dict(vision)
+    out["siglip_vision_config"] = {**(out.get("siglip_vision_config") or {}), **sig}
+    return out
 
 
 def config_to_hf(cfg: EagleConfig) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def test_presets_have_spec_shapes():
     assert (one.llm.hidden_size, one.llm.num_hidden_layers, one.llm.num_attention_heads, one.llm.num_key_value_heads) == (896, 24, 14, 2)
     assert one.tokens_per_tile == 256 and one.vision.hidden_size == 1152 and one.llm.tie_word_embeddings
     nine = get_preset("Eagle2-9B")
-    assert nine.vision.output_channels > nine.vision.hidden_size and not nine.llm.tie_word_embeddings
+    assert nine.vision.is_mixture and nine.projector_in_features == 4 * 1152 + 3072 and not nine.llm.tie_word_embeddings
     e25 = get_preset("eagle2.5-8b")
     assert e25.vision.patch_size == 16 and e25.vision.image_size == 512 and e25.tokens_per_tile == 256
     with pytest.raises(KeyError, match="unknown preset"):
@@ -115,21 +115,20 @@ def test_wrong_checkpoint_kind(tmp_path):
         EagleModel.from_pretrained(tmp_path / "nope")
 
 
-def test_mixture_of_encoders_checkpoint_is_refused_clearly():
+def test_mixture_of_encoders_config_without_siglip_config_is_refused_clearly():
     hf = {"model_type": "eagle_chat", "llm_config": {"architectures": ["Qwen2ForCausalLM"]},
           "vision_config": {"model_type": "MOB", "vision_tower": "palisiglip;convnext-1024"}}
-    with pytest.raises(NotImplementedError, match="mixture-of-encoders vision tower"):
+    with pytest.raises(TypeError, match="siglip_vision_config"):
         config_from_hf(hf)
 
 
-def test_mixture_preset_builds_and_concatenates_channels():
-    from nemo_eagle.config import ProjectorConfig, VisionConfig
+def test_mixture_tower_shuffles_then_concatenates_channels():
+    from nemo_eagle.config import VisionConfig
     from nemo_eagle.modeling.vision import VisionEncoder
 
+    # 56 px SigLIP (4x4 patches, shuffled to 2x2) next to a two-stage ConvNeXt at 16 px (stride 8: 2x2)
     cfg = VisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=56,
-                       patch_size=14, convnext={"image_size": 64, "depths": [1, 1], "hidden_sizes": [8, 16],
-                                                "num_stages": 2})
+                       patch_size=14, convnext={"image_size": 16, "depths": [1, 1], "hidden_sizes": [8, 16]})
     tower = VisionEncoder(cfg, "eager")
     feats = tower(torch.rand(3, 3, 56, 56) * 2 - 1)
-    assert feats.shape == (3, 16, 32 + 16) and cfg.output_channels == 48
-    assert ProjectorConfig().shuffle_factor ** 2 * cfg.output_channels == 192
+    assert feats.shape == (3, 4, 4 * 32 + 16) and cfg.convnext_channels == 16

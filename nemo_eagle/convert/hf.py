@@ -3,14 +3,19 @@
 transformers 5.x flattened ``SiglipVisionModel`` (its keys are ``embeddings.*``) while checkpoints say
 ``vision_model.vision_model.embeddings.*`` (transformers 4.51 still nests); the layout is detected from the
 module's own keys, in both directions.
+
+Eagle2-9B (mixture of encoders) names its towers ``vision_model.vision_model.vision_towers.{i}.vision_tower.``:
+the SigLIP tower's names go on with ``vision_model.``, the ConvNeXt's are timm's (``stem.``, ``stages.``,
+``head.``; mapped by ``modeling.convnext``). Which index is which tower is read from the names, never assumed.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
+from typing import Self
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,7 +26,6 @@ KEY_TABLE: tuple[tuple[str, str], ...] = (
     ("vision_model.vision_model.embeddings.", "vision.tower.{vt}embeddings."),
     ("vision_model.vision_model.encoder.", "vision.tower.{vt}encoder."),
     ("vision_model.vision_model.post_layernorm.", "vision.tower.{vt}post_layernorm."),
-    ("vision_model.vision_model.convnext.", "vision.convnext."),
     ("mlp1.0.", "projector.norm."),
     ("mlp1.1.", "projector.fc1."),
     ("mlp1.3.", "projector.fc2."),
@@ -35,17 +39,127 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 
 
+MOE_PREFIX = "vision_model.vision_model.vision_towers."
+_MOE_NAME = re.compile(re.escape(MOE_PREFIX) + r"(\d+)\.vision_tower\.(.+)")
+DEFAULT_TOWERS = ("siglip", "convnext")
+CONVNEXT = "vision.convnext."
+
+
 class CheckpointError(ValueError):
     """A checkpoint whose tensors do not fit the model; the message names the tensors."""
 
 
-def vision_prefix(our_keys: Iterable[str]) -> str:
-    """"vision_model." when the SigLIP module nests (transformers 4.x), "" when flat (5.x)."""
-    return "vision_model." if any(k.startswith("vision.tower.vision_model.") for k in our_keys) else ""
+class VisionLayout(str):
+    """The SigLIP module prefix ("" or "vision_model.") plus, for Eagle2-9B, the checkpoint's tower order."""
+
+    towers: tuple[str, ...] | None
+
+    def __new__(cls, vt: str, towers: Iterable[str] | None = None) -> Self:
+        obj = super().__new__(cls, vt)
+        obj.towers = tuple(towers) if towers is not None else None
+        return obj
+
+
+def vision_prefix(our_keys: Iterable[str], towers: Iterable[str] | None = None) -> VisionLayout:
+    """"vision_model." when the SigLIP module nests (transformers 4.x), "" when flat (5.x); with a ConvNeXt
+    branch (Eagle2-9B) it also carries the tower order (``towers``, SigLIP first unless given)."""
+    keys = list(our_keys)
+    vt = "vision_model." if any(k.startswith("vision.tower.vision_model.") for k in keys) else ""
+    mixture = any(k.startswith(CONVNEXT) for k in keys)
+    return VisionLayout(vt, (towers or DEFAULT_TOWERS) if mixture else None)
+
+
+def towers_from_names(hf_keys: Iterable[str]) -> tuple[str, ...]:
+    """The kind of each ``vision_towers.{i}`` of an Eagle2-9B checkpoint, in index order, read from its names."""
+    kinds: dict[int, set[str]] = {}
+    for name in hf_keys:
+        m = _MOE_NAME.fullmatch(name)
+        if m is None:
+            continue
+        rest = m.group(2)
+        kind = "siglip" if rest.startswith("vision_model.") else "convnext" if rest.split(".")[0] in (
+            "stem", "stages", "head") else None
+        if kind is None:
+            raise CheckpointError(f"tensor {name!r}: vision tower {m.group(1)} is neither a SigLIP "
+                                  "(vision_model.*) nor a ConvNeXt (stem/stages/head.*)")
+        kinds.setdefault(int(m.group(1)), set()).add(kind)
+    if sorted(kinds) != [0, 1]:
+        raise CheckpointError(f"Eagle2-9B checkpoint needs vision towers 0 and 1 ({MOE_PREFIX}{{i}}.vision_tower.*), "
+                              f"found {sorted(kinds) or 'none'}")
+    for i, k in kinds.items():
+        if len(k) != 1:
+            raise CheckpointError(f"vision tower {i} holds both SigLIP and ConvNeXt tensors")
+    order = tuple(next(iter(kinds[i])) for i in (0, 1))
+    if sorted(order) != ["convnext", "siglip"]:
+        raise CheckpointError(f"Eagle2-9B checkpoint needs one SigLIP and one ConvNeXt tower, found {list(order)}")
+    return order
+
+
+def config_for_tensors(cfg, tensors):
+    """``cfg`` with what only the tensors tell: the 9B tower order and the size of the unused ConvNeXt head.
+
+    ``tensors`` maps checkpoint names to tensors or to their shapes (``tensor_shapes``)."""
+    has_moe = any(k.startswith(MOE_PREFIX) for k in tensors)
+    if not cfg.vision.is_mixture:
+        if has_moe:
+            raise CheckpointError("checkpoint holds mixture-of-encoders tensors (vision_towers.*) but config.json "
+                                  "describes a single SigLIP tower")
+        return cfg
+    towers = towers_from_names(tensors)
+    cn = {**cfg.vision.convnext, "towers": list(towers)}
+    head = f"{MOE_PREFIX}{towers.index('convnext')}.vision_tower.head.fc.weight"
+    if head in tensors:
+        cn["num_classes"] = int(tuple(getattr(tensors[head], "shape", tensors[head]))[0])
+    return cfg.replace(vision={"convnext": cn})
+
+
+def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of a checkpoint directory, from the safetensors headers only."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if (path / WEIGHTS_NAME).exists():
+        files = [path / WEIGHTS_NAME]
+    elif (path / INDEX_NAME).exists():
+        files = [path / f for f in sorted(set(json.loads((path / INDEX_NAME).read_text())["weight_map"].values()))]
+    else:
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {path}")
+    out: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            out.update({k: tuple(st.get_slice(k).get_shape()) for k in st.keys()})  # noqa: SIM118 (not a dict)
+    return out
+
+
+def _moe_hf_to_ours(name: str, vt: str, towers: tuple[str, ...]) -> str:
+    m = _MOE_NAME.fullmatch(name)
+    idx, rest = int(m.group(1)), m.group(2)
+    if idx >= len(towers):
+        raise CheckpointError(f"unexpected tensor {name!r}: the model has {len(towers)} vision towers")
+    if towers[idx] == "siglip":
+        if not rest.startswith("vision_model."):
+            raise CheckpointError(f"unexpected tensor {name!r}: vision tower {idx} is the SigLIP tower")
+        return "vision.tower." + vt + rest[len("vision_model."):]
+    from nemo_eagle.modeling.convnext import timm_to_ours
+
+    ours = timm_to_ours(rest)
+    if ours is None:
+        raise CheckpointError(f"unexpected tensor {name!r}: not a ConvNeXt tensor of vision tower {idx}")
+    return CONVNEXT + ours
 
 
 def hf_to_ours(name: str, vt: str) -> str | None:
     """Our parameter name for an HF checkpoint name; None for ignored names; raises for unknown ones."""
+    towers = getattr(vt, "towers", None)
+    if towers is not None:
+        if name.startswith(MOE_PREFIX):
+            return _moe_hf_to_ours(name, vt, towers)
+        if name.startswith("vision_model."):
+            raise CheckpointError(f"unexpected tensor {name!r}: an Eagle2-9B checkpoint names its vision tensors "
+                                  f"{MOE_PREFIX}{{i}}.vision_tower.*")
+    elif name.startswith(MOE_PREFIX):
+        raise CheckpointError(f"unexpected tensor {name!r}: a mixture-of-encoders tensor, but the model has a "
+                              "single SigLIP tower")
     if any(p.fullmatch(name) for p in IGNORED):
         return None
     for hf, ours in KEY_TABLE:
@@ -56,6 +170,15 @@ def hf_to_ours(name: str, vt: str) -> str | None:
 
 def ours_to_hf(name: str, vt: str) -> str:
     """The HF checkpoint name of one of our parameter names (inverse of ``hf_to_ours``)."""
+    towers = getattr(vt, "towers", None)
+    if towers is not None:
+        if name.startswith(CONVNEXT):
+            from nemo_eagle.modeling.convnext import ours_to_timm
+
+            return f"{MOE_PREFIX}{towers.index('convnext')}.vision_tower.{ours_to_timm(name[len(CONVNEXT):])}"
+        siglip = "vision.tower." + vt
+        if name.startswith(siglip):
+            return f"{MOE_PREFIX}{towers.index('siglip')}.vision_tower.vision_model.{name[len(siglip):]}"
     for hf, ours in KEY_TABLE:
         prefix = ours.replace("{vt}", vt)
         if name.startswith(prefix):
@@ -84,7 +207,7 @@ def hf_has_lm_head(hf_keys: Iterable[str]) -> bool:
 def load_hf_state_dict(model: torch.nn.Module, hf_tensors: dict[str, torch.Tensor], *, tied: bool) -> None:
     """Copy HF-named tensors into ``model``; every missing, unexpected or mis-shaped tensor is named."""
     own = model.state_dict()
-    vt = vision_prefix(own)
+    vt = vision_prefix(own, towers_from_names(hf_tensors) if any(k.startswith(CONVNEXT) for k in own) else None)
     mapped: dict[str, torch.Tensor] = {}
     for name, t in hf_tensors.items():
         ours = hf_to_ours(name, vt)
@@ -113,7 +236,8 @@ def load_hf_state_dict(model: torch.nn.Module, hf_tensors: dict[str, torch.Tenso
 def hf_state_dict(model: torch.nn.Module, *, tied: bool) -> dict[str, torch.Tensor]:
     """The model's tensors under official HF names (tied ``lm_head`` omitted, as the checkpoints do)."""
     own = model.state_dict()
-    vt = vision_prefix(own)
+    cfg = getattr(model, "config", None)
+    vt = vision_prefix(own, cfg.vision.convnext.get("towers") if cfg is not None and cfg.vision.is_mixture else None)
     out = {}
     for k, t in own.items():
         if tied and k == "language_model.lm_head.weight":

@@ -53,8 +53,9 @@ class EagleModel(nn.Module):
         if attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
         self.config = config
-        self.vision = VisionEncoder(config.vision, attn_implementation).to(dtype)
-        self.projector = Projector(config.vision.output_channels, config.llm.hidden_size, config.projector).to(dtype)
+        self.vision = VisionEncoder(config.vision, attn_implementation, config.projector.shuffle_factor).to(dtype)
+        self.projector = Projector(config.vision.output_channels, config.llm.hidden_size, config.projector,
+                                   extra_channels=config.vision.convnext_channels).to(dtype)
         self.language_model = build_llm(config, attn_implementation, dtype)
         self.merge_impl = reference.merge_embeddings
         self.tokenizer = None  # set by from_pretrained when the checkpoint has tokenizer.json

@@ -15,12 +15,13 @@ from nemo_eagle.ops import reference
 class Projector(nn.Module):
     op = "project_tokens"
 
-    def __init__(self, in_channels: int, out_features: int, cfg: ProjectorConfig):
+    def __init__(self, in_channels: int, out_features: int, cfg: ProjectorConfig, *, extra_channels: int = 0):
+        """``extra_channels`` > 0 (Eagle2-9B): the tower already shuffled and appended that many ConvNeXt channels."""
         super().__init__()
         if cfg.hidden_act != "gelu":
             raise ValueError(f"projector activation {cfg.hidden_act!r} is not supported (EAGLE2 uses exact 'gelu')")
-        self.shuffle_factor = cfg.shuffle_factor
-        in_features = in_channels * cfg.shuffle_factor**2
+        self.shuffle_factor = 1 if extra_channels else cfg.shuffle_factor
+        in_features = in_channels * cfg.shuffle_factor**2 + extra_channels
         self.norm = nn.LayerNorm(in_features, eps=cfg.layer_norm_eps)
         self.fc1 = nn.Linear(in_features, out_features)
         self.fc2 = nn.Linear(out_features, out_features)
