@@ -65,10 +65,11 @@ def _is_image_part(part: dict) -> bool:
 
 
 def render_eagle_chat(messages: list[dict], *, add_generation_prompt: bool = True, legacy_bug: bool = False,
-                      system: str = DEFAULT_SYSTEM) -> str:
+                      system: str = DEFAULT_SYSTEM, image_label: str = "Image-{k}: ") -> str:
     """The legacy format: ``<image>`` placeholders (``Image-k: <image>`` when a turn has several) in the user turn.
 
-    ``legacy_bug`` reproduces the released code's ``<|im_end|>assistant\\n`` generation prompt.
+    ``legacy_bug`` reproduces the released code's ``<|im_end|>assistant\\n`` generation prompt. ``image_label``
+    prefixes each placeholder when a turn has several images (``render_qwen2_chat`` passes Eagle2-9B's).
     """
     _check_messages(messages)
     out = []
@@ -84,7 +85,8 @@ def render_eagle_chat(messages: list[dict], *, add_generation_prompt: bool = Tru
             for p in content:
                 if _is_image_part(p):
                     k += 1
-                    pieces.append(f"Image-{k}: {LEGACY_IMAGE_PLACEHOLDER}\n" if n_images > 1 else f"{LEGACY_IMAGE_PLACEHOLDER}\n")
+                    label = image_label.format(k=k) if n_images > 1 else ""
+                    pieces.append(f"{label}{LEGACY_IMAGE_PLACEHOLDER}\n")
                 elif "text" in p:
                     pieces.append(p["text"])
             text = "".join(pieces)
@@ -96,3 +98,10 @@ def render_eagle_chat(messages: list[dict], *, add_generation_prompt: bool = Tru
         else:
             out.append("<|im_start|>assistant\n")
     return "".join(out)
+
+
+def render_qwen2_chat(messages: list[dict], *, add_generation_prompt: bool = True, system: str = DEFAULT_SYSTEM) -> str:
+    """Eagle2-9B's ``qwen2-chat`` template: ``<image>\\n`` per image (``<image k><image>\\n`` when a turn has
+    several), the system prompt first, a plain ``<|im_start|>assistant\\n`` generation prompt."""
+    return render_eagle_chat(messages, add_generation_prompt=add_generation_prompt, system=system,
+                             image_label="<image {k}>")

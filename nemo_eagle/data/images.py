@@ -2,6 +2,10 @@
 
 RGBA (and LA / palette with transparency) is composited over white using alpha as the paste mask, grey and
 palette images are converted to RGB, and EXIF orientation is applied first.
+
+Eagle2-9B's processor works on the PIL image as loaded instead (``load_pil`` + ``tile_pil``): PIL's own
+resize (bicubic; nearest for palette and 1-bit images; RGBA premultiplied), tiles cropped row-major, then
+each tile ``convert("RGB")`` (alpha dropped) and normalised as torchvision's ToTensor + Normalize.
 """
 
 from __future__ import annotations
@@ -159,3 +163,52 @@ def _check_tensor(t: torch.Tensor, name: str) -> torch.Tensor:
         raise ImageError(f"{name}: image has no pixels ({t.shape[2]}x{t.shape[1]})")
     return t
 
+
+
+# --------------------------------------------------------------------------------- Eagle2-9B (PIL) path
+def load_pil(source: ImageInput, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+             alpha: str = "drop") -> Image.Image:
+    """Any supported image input as a PIL image, as loaded (no EXIF rotation, no mode change).
+
+    ``alpha="white"`` composites transparent images over white first; ``"drop"`` (Eagle2-9B) keeps them as
+    they are, so each tile's ``convert("RGB")`` drops the alpha channel.
+    """
+    name = name or (str(source) if isinstance(source, (str, Path)) and not str(source).startswith("data:") else "image")
+    if isinstance(source, torch.Tensor):
+        img = Image.fromarray(_check_tensor(source, name).permute(1, 2, 0).contiguous().numpy())
+    elif isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[-1] not in (3, 4)):
+            raise ImageError(f"{name}: array images must be uint8 (H, W), (H, W, 3) or (H, W, 4), "
+                             f"got {source.shape} {source.dtype}")
+        img = Image.fromarray(np.ascontiguousarray(source))
+    else:
+        img = _open(source, name)
+    w, h = img.size
+    if w == 0 or h == 0:
+        raise ImageError(f"{name}: image has no pixels ({w}x{h})")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (decompression bomb?)")
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name}: image data is corrupt or truncated ({e})") from e
+    return to_rgb(img) if alpha == "white" else img
+
+
+def tile_pil(img: Image.Image, grid: tuple[int, int], tile_size: int = 448, use_thumbnail: bool = True) -> torch.Tensor:
+    """PIL image -> uint8 (num_tiles, 3, S, S): PIL resize to the grid, row-major crops, thumbnail last; RGB per tile."""
+    cols, rows = grid
+    s = tile_size
+    resized = img.resize((cols * s, rows * s))
+    crops = [resized.crop((c * s, r * s, (c + 1) * s, (r + 1) * s)) for r in range(rows) for c in range(cols)]
+    if use_thumbnail and cols * rows != 1:
+        crops.append(img.resize((s, s)))
+    arrays = [np.asarray(t.convert("RGB"), dtype=np.uint8) for t in crops]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def normalize_pil(tiles: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 tiles -> float32 ``(x / 255 - mean) / std`` in torchvision's operation order (ToTensor, Normalize)."""
+    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    sd = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return (tiles.float() / 255).sub_(m).div_(sd)

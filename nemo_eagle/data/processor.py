@@ -16,7 +16,7 @@ import torch
 
 from nemo_eagle.config import EagleConfig, TilingConfig
 from nemo_eagle.data import chat_template as ct
-from nemo_eagle.data.images import ImageInput, load_image
+from nemo_eagle.data.images import ImageInput, load_image, load_pil, normalize_pil, tile_pil
 from nemo_eagle.data.padding import pad_rows
 from nemo_eagle.data.tokenizer import ENDOFTEXT, IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START, EagleTokenizer  # noqa: F401 - the token names are re-exported for callers
 from nemo_eagle.ops import get_op
@@ -91,15 +91,22 @@ class EagleProcessor:
     def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True,
                             tokenize: bool = False) -> str | list[int]:
         """Render ``messages`` (OpenAI/HF style, content a string or a list of image/text parts)."""
-        if self.tiling.prompt_format == "eagle_chat":
+        if self.tiling.prompt_format == "qwen2_chat":
+            text = ct.render_qwen2_chat(messages, add_generation_prompt=add_generation_prompt)
+        elif self.tiling.prompt_format == "eagle_chat":
             text = ct.render_eagle_chat(messages, add_generation_prompt=add_generation_prompt,
                                         legacy_bug=self.tiling.legacy_generation_prompt_bug)
         else:
             text = ct.render_eagle_2_5_vl(messages, self.chat_template, add_generation_prompt=add_generation_prompt)
         return self.tokenizer.encode(text) if tokenize else text
 
+    @property
+    def uses_legacy_placeholder(self) -> bool:
+        """True when prompts mark images with ``<image>`` (eagle_chat, Eagle2-9B's qwen2_chat)."""
+        return self.tiling.prompt_format in ("eagle_chat", "qwen2_chat")
+
     def count_image_placeholders(self, text: str) -> int:
-        if self.tiling.prompt_format == "eagle_chat":
+        if self.uses_legacy_placeholder:
             return text.count(ct.LEGACY_IMAGE_PLACEHOLDER)
         return len(ct.IMAGE_PLACEHOLDER_RE.findall(text))
 
@@ -108,7 +115,7 @@ class EagleProcessor:
 
     def expand_prompt(self, text: str, num_tiles: Sequence[int]) -> str:
         """Replace each image placeholder by its ``<img><IMG_CONTEXT>...</img>`` block (placeholder order)."""
-        if self.tiling.prompt_format == "eagle_chat":
+        if self.uses_legacy_placeholder:
             parts = text.split(ct.LEGACY_IMAGE_PLACEHOLDER)
             out = [parts[0]]
             for n, rest in zip(num_tiles, parts[1:]):
@@ -123,27 +130,40 @@ class EagleProcessor:
         return ct.IMAGE_PLACEHOLDER_RE.sub(sub, text)
 
     # ------------------------------------------------------------------------------------------ images
-    def plan(self, image: torch.Tensor, *, max_tiles: int | None = None) -> TilePlan:
+    def plan(self, image: Any, *, max_tiles: int | None = None) -> TilePlan:
         t = self.tiling
-        return plan_tiles(int(image.shape[-1]), int(image.shape[-2]), min_tiles=min(t.min_tiles, max_tiles or t.max_tiles),
+        w, h = _size(image)
+        return plan_tiles(w, h, min_tiles=min(t.min_tiles, max_tiles or t.max_tiles),
                           max_tiles=max_tiles or t.max_tiles, use_thumbnail=t.use_thumbnail, tile_size=t.tile_size,
                           tokens_per_tile=self.tokens_per_tile)
 
-    def tile(self, image: torch.Tensor, plan: TilePlan) -> torch.Tensor:
-        """uint8 (3, H, W) -> float32 (num_tiles, 3, S, S) through the registry's ``tile_images`` op."""
+    def tile(self, image: Any, plan: TilePlan) -> torch.Tensor:
+        """uint8 (3, H, W) -> float32 (num_tiles, 3, S, S) through the registry's ``tile_images`` op.
+
+        With ``tiling.resize == "pil"`` (Eagle2-9B) ``image`` is the PIL image from ``load_pil``.
+        """
         t = self.tiling
+        if t.resize == "pil":
+            pixels = normalize_pil(tile_pil(image, plan.grid, t.tile_size, t.use_thumbnail), t.image_mean, t.image_std)
+            return pixels.to(self.device) if self.device is not None else pixels
         if self.device is not None:
             image = image.to(self.device, non_blocking=True)
         return self.tile_op(image, plan.grid, t.tile_size, t.use_thumbnail, t.image_mean, t.image_std)
 
+    def load(self, image: ImageInput, *, name: str | None = None) -> Any:
+        """One image as this contract tiles it: a uint8 (3, H, W) tensor, or (``resize == "pil"``) a PIL image."""
+        if self.tiling.resize == "pil":
+            return load_pil(image, name=name, alpha=self.tiling.alpha)
+        return load_image(image, name=name)
+
     def preprocess_images(self, images: Sequence[ImageInput], *, max_tiles: int | None = None,
                           max_image_tokens: int | None = None) -> tuple[torch.Tensor, list[TilePlan]]:
         """Load, plan and tile ``images``; with ``max_image_tokens`` the plans shrink to fit that budget together."""
-        tensors = [load_image(img, name=_image_name(img, i)) for i, img in enumerate(images)]
+        tensors = [self.load(img, name=_image_name(img, i)) for i, img in enumerate(images)]
         if max_image_tokens is not None:
             t = self.tiling
             limit = max_tiles or t.max_tiles
-            plans = fit_plans_to_budget([(int(x.shape[-1]), int(x.shape[-2])) for x in tensors], max_image_tokens,
+            plans = fit_plans_to_budget([_size(x) for x in tensors], max_image_tokens,
                                         min_tiles=min(t.min_tiles, limit), max_tiles=limit,
                                         use_thumbnail=t.use_thumbnail, tile_size=t.tile_size,
                                         tokens_per_tile=self.tokens_per_tile)
@@ -250,6 +270,13 @@ class EagleProcessor:
             "image_token": IMG_CONTEXT, "processor_class": "Eagle2_5_VLProcessor",
             "tokens_per_tile": self.tokens_per_tile, "video_placeholder": "video", "video_token": IMG_CONTEXT}, indent=2))
         self.tokenizer.backend.save(str(out / "tokenizer.json"))
+
+
+def _size(image: Any) -> tuple[int, int]:
+    """(width, height) of a loaded image (PIL or uint8 (3, H, W) tensor)."""
+    if isinstance(image, torch.Tensor):
+        return int(image.shape[-1]), int(image.shape[-2])
+    return int(image.size[0]), int(image.size[1])
 
 
 def _image_name(image: Any, index: int) -> str:

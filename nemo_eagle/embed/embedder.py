@@ -217,7 +217,7 @@ class EagleEmbedder(nn.Module):
 
     # ------------------------------------------------------------------------------------- tokenising
     def _placeholder(self, k: int) -> str:
-        return "<image>" if self.processor.tiling.prompt_format == "eagle_chat" else f"<image-{k}>"
+        return "<image>" if self.processor.uses_legacy_placeholder else f"<image-{k}>"
 
     def _encode(self, inp: EmbedInput, input_type: str, max_image_tokens: int | None) -> tuple[list[int], Tensor, list[int]]:
         prompt = self.prefix(input_type) + "".join(self._placeholder(k + 1) for k in range(len(inp.images))) + inp.text
