@@ -74,7 +74,7 @@ def _tensors(path: str, fmt: str) -> dict[str, torch.Tensor]:
     contents = nemo_file.read_nemo(path)
     state = contents.state_dict
     tied = contents.eagle.llm.tie_word_embeddings
-    vt = hf_io.vision_prefix(state)
+    vt = hf_io.vision_prefix(state, contents.eagle.vision.convnext.get("towers"))
     return {hf_io.ours_to_hf(k, vt): t for k, t in state.items() if not (tied and k == "language_model.lm_head.weight")}
 
 

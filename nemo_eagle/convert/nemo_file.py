@@ -70,7 +70,7 @@ def write_hf(dst: str | Path, *, cfg: EagleConfig, state: dict[str, torch.Tensor
     """EagleModel-named tensors + contract files -> an HF checkpoint directory (tied ``lm_head`` omitted)."""
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    vt = hf_io.vision_prefix(state)
+    vt = hf_io.vision_prefix(state, cfg.vision.convnext.get("towers"))  # Eagle2-9B: the checkpoint's tower order
     tied = cfg.llm.tie_word_embeddings
     tensors = {hf_io.ours_to_hf(k, vt): t.detach().contiguous() for k, t in state.items()
                if not (tied and k == "language_model.lm_head.weight")}

@@ -91,6 +91,9 @@ def prepare_model(model, run: TrainRun, plan: PrecisionPlan) -> dict[str, int]:
     if run.peft.method == "lora":
         apply_lora(model.model, run.peft)
     counts = set_trainable(model.model, run.model.freeze)
+    convnext = getattr(model.model.vision, "convnext", None)
+    if run.model.convnext_dtype is not None and convnext is not None:
+        convnext.to(getattr(torch, run.model.convnext_dtype))  # Eagle2-9B: as NVIDIA's code keeps it
     if plan.prepare is not None:
         plan.prepare(model.model)
     model.configure_training(run.optim)

@@ -29,6 +29,7 @@ class FreezeConfig:
     vision: bool = False
     projector: bool = False
     llm: bool = False
+    convnext: bool | None = None  # Eagle2-9B's ConvNeXt branch on its own; None: follows ``vision``
 
 
 @dataclass
@@ -48,8 +49,12 @@ class ModelSpec:
     init_seed: int = 0
     kernels: str = "auto"  # backend of the model's registry ops (auto: fast kernels on a GPU, else torch)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    # Eagle2-9B: the ConvNeXt branch's dtype (NVIDIA's code keeps it in bfloat16); None: the model's dtype
+    convnext_dtype: str | None = None
 
     def __post_init__(self) -> None:
+        if self.convnext_dtype is not None:
+            _check(self.convnext_dtype, ("float32", "bfloat16"), "model.convnext_dtype")
         if self.pretrained is None and self.config is None and self.preset is None:
             raise ValueError("model: set model.pretrained (HF dir, hub id or .nemo) or, for a random model, "
                              "model.config / model.preset with model.tokenizer_from")

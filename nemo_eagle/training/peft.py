@@ -1,6 +1,8 @@
 """Per-module freezing and LoRA (peft) on the LLM and the vision tower, with merged export.
 
-Module groups of ``EagleModel``: ``vision`` (the tower), ``projector``, ``llm`` (``language_model``).
+Module groups of ``EagleModel``: ``vision`` (the tower), ``projector``, ``llm`` (``language_model``), and for
+Eagle2-9B ``convnext`` (its ConvNeXt branch; frozen with ``vision`` unless ``FreezeConfig.convnext`` says).
+The unused classification / pooling heads of the 9B towers never train.
 With LoRA, the base weights of every group that carries adapters are frozen and the adapters train; the other
 groups follow ``FreezeConfig``. ``merged_state_dict`` folds the adapters into plain weights under the
 original parameter names without touching the training model, so every export is a plain EagleModel.
@@ -19,7 +21,10 @@ from nemo_eagle.training.config import FreezeConfig, PeftConfig
 
 log = logging.getLogger(__name__)
 
-GROUPS = {"vision": "vision.", "projector": "projector.", "llm": "language_model."}
+GROUPS = {"convnext": "vision.convnext.", "vision": "vision.", "projector": "projector.", "llm": "language_model."}
+# Tensors kept for the checkpoint layout but never used in the forward pass (Eagle2-9B).
+UNUSED = ("vision.convnext.head_fc.*", "vision.convnext.model.layernorm.*", "vision.tower.head.*",
+          "vision.tower.vision_model.head.*")
 ADAPTER = "default"
 
 
@@ -52,17 +57,18 @@ def apply_lora(model: nn.Module, cfg: PeftConfig) -> list[str]:
 def set_trainable(model: nn.Module, freeze: FreezeConfig) -> dict[str, int]:
     """requires_grad per parameter; returns trainable parameter counts per group (and ``lora``)."""
     lora_groups = {group_of(n) for n, _ in model.named_parameters() if ".lora_" in n}
-    counts = {"vision": 0, "projector": 0, "llm": 0, "lora": 0, "frozen": 0}
+    counts = {"vision": 0, "convnext": 0, "projector": 0, "llm": 0, "lora": 0, "frozen": 0}
     for name, p in model.named_parameters():
         group = group_of(name)
         if ".lora_" in name:
             p.requires_grad_(True)
             counts["lora"] += p.numel()
             continue
-        trainable = group not in lora_groups and not getattr(freeze, group)
+        frozen = freeze.vision if group == "convnext" and freeze.convnext is None else getattr(freeze, group)
+        trainable = group not in lora_groups and not frozen and not any(fnmatch(name, u) for u in UNUSED)
         p.requires_grad_(trainable)
         counts[group if trainable else "frozen"] += p.numel()
-    if not any(counts[k] for k in ("vision", "projector", "llm", "lora")):
+    if not any(counts[k] for k in ("vision", "convnext", "projector", "llm", "lora")):
         raise ValueError("every parameter is frozen: nothing to train (check model.freeze and peft)")
     log.info("trainable parameters: %s", {k: v for k, v in counts.items() if v})
     return counts
