@@ -4,6 +4,11 @@ Megatron names are the distributed-checkpoint names (Transformer Engine layout: 
 ``linear_qkv`` holding each KV group as [q heads of the group, k, v], ``linear_fc1`` = [gate; up]) with global
 layer numbers. ``stage_state_dict`` turns a full megatron dict into one rank's module state dict (local norm names,
 pipeline-local layer numbers, its tensor-parallel slice); ``merge_tp`` puts TP slices back together.
+
+Eagle2-9B checkpoints name their SigLIP ``vision_model.vision_model.vision_towers.{i}.vision_tower.vision_model.``;
+``MoEView`` presents them under the single-tower names the table uses. Its ConvNeXt branch and the unused SigLIP
+pooling head are replicated modules of the megatron model (``convnext.*``, ``vision_head.*``, our module names),
+copied whole and never split across TP ranks.
 """
 
 from __future__ import annotations
@@ -94,6 +99,66 @@ OUTPUT = "language_model.output_layer.weight"
 EMBED = "language_model.embedding.word_embeddings.weight"
 
 
+REPLICATED = ("convnext.", "vision_head.")  # Eagle2-9B modules held whole on every TP rank
+
+
+class MoEView:
+    """An Eagle2-9B checkpoint's tensors under the names the table reads: the SigLIP tower's as a single tower's,
+    the ConvNeXt's and the SigLIP pooling head's as the megatron module names (``convnext.*``, ``vision_head.*``)."""
+
+    def __init__(self, hf: TMapping[str, Tensor], cfg: EagleConfig) -> None:
+        from nemo_eagle.convert import hf as hf_io
+
+        self._hf = hf
+        towers = hf_io.towers_from_names(hf.keys())
+        self._names: dict[str, str] = {}
+        for k in hf.keys():
+            self._names[_moe_to_flat(k, towers)] = k
+
+    def keys(self) -> Iterable[str]:
+        return self._names.keys()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._names
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self._hf[self._names[key]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+
+def _moe_to_flat(name: str, towers: tuple[str, ...]) -> str:
+    from nemo_eagle.convert import hf as hf_io
+    from nemo_eagle.modeling.convnext import timm_to_ours
+
+    m = re.fullmatch(re.escape(hf_io.MOE_PREFIX) + r"(\d+)\.vision_tower\.(.+)", name)
+    if m is None:
+        return name
+    idx, rest = int(m.group(1)), m.group(2)
+    if towers[idx] == "siglip":
+        rest = rest.removeprefix("vision_model.")
+        return "vision_head." + rest[len("head."):] if rest.startswith("head.") else _V + rest
+    ours = timm_to_ours(rest)
+    if ours is None:
+        raise KeyError(f"HF tensor {name} is not a ConvNeXt tensor of vision tower {idx}")
+    return "convnext." + ours
+
+
+def _flat_to_moe(name: str, towers: tuple[str, ...]) -> str:
+    from nemo_eagle.convert import hf as hf_io
+    from nemo_eagle.modeling.convnext import ours_to_timm
+
+    if name.startswith("convnext."):
+        return f"{hf_io.MOE_PREFIX}{towers.index('convnext')}.vision_tower.{ours_to_timm(name[len('convnext.'):])}"
+    siglip = f"{hf_io.MOE_PREFIX}{towers.index('siglip')}.vision_tower.vision_model."
+    if name.startswith("vision_head."):
+        return siglip + "head." + name[len("vision_head."):]
+    if name.startswith(_V):
+        return siglip + name[len(_V):]
+    return name
+
+
 def _expand(cfg: EagleConfig) -> Iterator[tuple[Mapping, str, tuple[str, ...]]]:
     """Every (mapping, megatron name, hf names) with layer numbers filled in."""
     layers = {"vision": cfg.vision.num_hidden_layers, "llm": cfg.llm.num_hidden_layers, "": 1}
@@ -116,6 +181,8 @@ def hf_to_megatron(hf: TMapping[str, Tensor], cfg: EagleConfig, padded_vocab: in
                    names: Iterable[str] | None = None) -> dict[str, Tensor]:
     """Official HF tensors -> full (unsharded) megatron tensors, only ``names`` if given (a pipeline stage reads
     just its own). Every HF name is checked either way: missing or unknown names raise."""
+    if cfg.vision.is_mixture:
+        hf = MoEView(hf, cfg)
     tied = "language_model.lm_head.weight" not in hf
     qkv_bias = f"{_L}layers.0.self_attn.q_proj.bias" in hf
     plan = []
@@ -129,11 +196,14 @@ def hf_to_megatron(hf: TMapping[str, Tensor], cfg: EagleConfig, padded_vocab: in
                            f"of the configured size?")
         used.update(sources)
         plan.append((m, name, sources))
-    unknown = sorted(k for k in hf if k not in used and not IGNORED_HF.match(k))
+    replicated = [k for k in hf if cfg.vision.is_mixture and k.startswith(REPLICATED)]
+    if cfg.vision.is_mixture and not any(k.startswith("convnext.") for k in replicated):
+        raise KeyError("Eagle2-9B checkpoint has no ConvNeXt tensors")
+    unknown = sorted(k for k in hf if k not in used and k not in replicated and not IGNORED_HF.match(k))
     if unknown:
         raise KeyError(f"{len(unknown)} HF tensors have no megatron mapping, e.g. {unknown[:3]}")
     wanted = None if names is None else set(names)
-    out: dict[str, Tensor] = {}
+    out: dict[str, Tensor] = {k: hf[k] for k in replicated if wanted is None or k in wanted}
     for m, name, sources in plan:
         if wanted is not None and name not in wanted:
             continue
@@ -176,6 +246,10 @@ def megatron_to_hf(mg: TMapping[str, Tensor], cfg: EagleConfig) -> dict[str, Ten
             out[targets[0]] = t
     if cfg.llm.tie_word_embeddings:
         out.pop("language_model.lm_head.weight", None)
+    if cfg.vision.is_mixture:
+        towers = tuple(cfg.vision.convnext.get("towers", ("siglip", "convnext")))
+        out.update({k: t for k, t in mg.items() if k.startswith(REPLICATED)})
+        out = {_flat_to_moe(k, towers): t for k, t in out.items()}
     return out
 
 
@@ -190,6 +264,8 @@ def _mapping_of(name: str) -> Mapping:
 
 def shard(name: str, full: Tensor, tp_rank: int, tp: int) -> Tensor:
     """This TP rank's slice of a full megatron tensor."""
+    if name.startswith(REPLICATED):
+        return full
     m = _mapping_of(name)
     if m.split is None or tp == 1:
         return full
@@ -204,6 +280,8 @@ def shard(name: str, full: Tensor, tp_rank: int, tp: int) -> Tensor:
 
 def merge_tp(name: str, shards: list[Tensor]) -> Tensor:
     """Inverse of ``shard``: the full tensor from every TP rank's slice (in rank order)."""
+    if name.startswith(REPLICATED):
+        return shards[0]
     m = _mapping_of(name)
     if m.split is None or len(shards) == 1:
         return shards[0]

@@ -39,7 +39,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def read_config(path: str | Path) -> EagleConfig:
-    return config_from_hf(json.loads((Path(path) / "config.json").read_text()))
+    cfg = config_from_hf(json.loads((Path(path) / "config.json").read_text()))
+    meta = Path(path) / META_NAME
+    saved = json.loads(meta.read_text()).get("convnext") if meta.exists() else None
+    if saved and cfg.vision.is_mixture:  # Eagle2-9B: what only the tensors told (tower order, head size)
+        cfg = cfg.replace(vision={"convnext": {**cfg.vision.convnext, **saved}})
+    return cfg
 
 
 def save(model, path: str | Path, *, extra_files_from: str | Path | None = None,
@@ -72,6 +77,8 @@ def save(model, path: str | Path, *, extra_files_from: str | Path | None = None,
                 "saved_with": {"tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
                                "pipeline_parallel": parallel_state.get_pipeline_model_parallel_world_size()},
                 "optimizer_sharding": sharding, **(meta or {})}
+        if cfg.vision.is_mixture:
+            info["convnext"] = {k: cfg.vision.convnext[k] for k in ("towers", "num_classes")}
         (path / META_NAME).write_text(json.dumps(info, indent=2))
         if extra_files_from is not None:
             copy_processor_files(extra_files_from, path)

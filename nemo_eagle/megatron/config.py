@@ -202,9 +202,12 @@ def vision_transformer_config(vision: VisionConfig, opts: MegatronOptions):
     """SigLIP's encoder as a ``TransformerConfig``. It lives whole on the first pipeline stage and never uses FP8."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    if vision.model_type != "siglip_vision_model" or vision.convnext:
-        raise NotImplementedError(f"the megatron path builds a SigLIP tower; {vision.model_type!r} "
-                                  f"(mixture-of-encoders towers such as Eagle2-9B's ConvNeXt branch) is not supported")
+    from nemo_eagle.config import MOE_TOWER
+
+    # Eagle2-9B's mixture: this is its SigLIP tower; the ConvNeXt branch is a replicated module next to it.
+    if vision.model_type not in ("siglip_vision_model", MOE_TOWER):
+        raise NotImplementedError(f"the megatron path builds a SigLIP tower (plus Eagle2-9B's ConvNeXt branch); "
+                                  f"vision tower {vision.model_type!r} is not supported")
     if vision.hidden_act not in _ACTIVATIONS or _ACTIVATIONS[vision.hidden_act][1]:
         raise NotImplementedError(f"vision hidden_act {vision.hidden_act!r} unsupported")
     if vision.num_attention_heads % opts.tensor_parallel:

@@ -35,6 +35,9 @@ def hf_config(src: Path, hf) -> EagleConfig:
     tied = "language_model.lm_head.weight" not in hf
     if tied != cfg.llm.tie_word_embeddings:
         cfg = cfg.replace(llm={"tie_word_embeddings": tied})
+    from nemo_eagle.convert.hf import config_for_tensors
+
+    cfg = config_for_tensors(cfg, hf)  # Eagle2-9B: tower order and ConvNeXt head size, from the tensor names
     if cfg.image_token_id is None and (src / "tokenizer.json").exists():
         from nemo_eagle.data.tokenizer import EagleTokenizer
 

@@ -1,5 +1,10 @@
 """EAGLE2 from megatron-core blocks: SigLIP ViT (TransformerBlock, no mask) -> our projector -> GPT decoder.
 
+Eagle2-9B adds its ConvNeXt branch (``modeling.convnext.ConvNeXtBranch``, transformers' ConvNextModel) as a
+module replicated on every TP rank next to the megatron SigLIP, and keeps the checkpoint's unused SigLIP pooling
+head (``vision_head``) so exports write it back; the pixel-shuffled SigLIP tokens and the ConvNeXt features are
+concatenated before the projector, as in ``modeling.vision``.
+
 The same forward as the reference ``EagleModel`` (EAGLE2_SPEC.md "Forward pass"): tiles through SigLIP, pixel
 shuffle + LayerNorm projector, image embeddings written in order into the ``<IMG_CONTEXT>`` positions, then the
 causal LM with plain 1-D positions. Pipeline parallel: the vision tower, projector and embeddings live on the
@@ -97,7 +102,18 @@ class EagleMegatronModel(MegatronModule):
         if pre_process:
             self.vision = SiglipVisionTransformer(vision_transformer_config(cfg.vision, opts), cfg.vision, impl)
             # The reference projector module, replicated on every TP rank (it is small).
-            self.projector = Projector(cfg.vision.output_channels, cfg.llm.hidden_size, cfg.projector).to(opts.torch_dtype)
+            self.projector = Projector(cfg.vision.output_channels, cfg.llm.hidden_size, cfg.projector,
+                                       extra_channels=cfg.vision.convnext_channels).to(opts.torch_dtype)
+            if cfg.vision.is_mixture:
+                from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+
+                from nemo_eagle.modeling.convnext import ConvNeXtBranch
+                from nemo_eagle.modeling.vision import siglip_config
+
+                self.convnext = ConvNeXtBranch(cfg.vision.convnext).to(opts.torch_dtype)
+                self.vision_head = SiglipMultiheadAttentionPoolingHead(
+                    siglip_config(cfg.vision, "eager", use_head=True)).to(opts.torch_dtype)
+                self.vision_head.requires_grad_(False)  # in the checkpoint, never used
         self.language_model = GPTModel(
             config=llm_config,
             transformer_layer_spec=specs.llm_layer_spec(impl),
@@ -119,8 +135,12 @@ class EagleMegatronModel(MegatronModule):
         return self.language_model.shared_embedding_or_output_weight()
 
     def image_features(self, pixel_values: Tensor) -> Tensor:
-        """(T, 3, S, S) -> (T, tokens_per_tile, H): SigLIP, pixel shuffle and projector."""
-        return self.projector(self.vision(pixel_values))
+        """(T, 3, S, S) -> (T, tokens_per_tile, H): SigLIP, pixel shuffle and projector (+ ConvNeXt on the 9B)."""
+        feats = self.vision(pixel_values)
+        if getattr(self, "convnext", None) is None:
+            return self.projector(feats)
+        shuffled = reference.pixel_shuffle(feats, self.eagle_config.projector.shuffle_factor)
+        return self.projector(torch.cat([shuffled, self.convnext(pixel_values).to(shuffled.dtype)], dim=-1))
 
     def embed(self, input_ids: Tensor, pixel_values: Tensor | None = None) -> Tensor:
         """Text embeddings with image tiles merged in at ``<IMG_CONTEXT>``: (B, L) -> (L, B, H), sequence-first."""
