@@ -111,9 +111,7 @@ class MoEView:
 
         self._hf = hf
         towers = hf_io.towers_from_names(hf.keys())
-        self._names: dict[str, str] = {}
-        for k in hf.keys():
-            self._names[_moe_to_flat(k, towers)] = k
+        self._names = {_moe_to_flat(k, towers): k for k in list(hf.keys())}
 
     def keys(self) -> Iterable[str]:
         return self._names.keys()
