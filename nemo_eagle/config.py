@@ -460,6 +460,8 @@ def config_to_hf(cfg: EagleConfig) -> dict[str, Any]:
         "use_thumbnail": cfg.tiling.use_thumbnail,
         "tie_word_embeddings": cfg.llm.tie_word_embeddings,
     })
+    if out.get("force_image_size"):  # kept from the source config: it must follow the tower's size
+        out["force_image_size"] = cfg.vision.image_size
     if cfg.image_token_id is not None:
         out["image_token_index"] = cfg.image_token_id
     out.setdefault("architectures", ["Eagle2_5_VLForConditionalGeneration" if not chat else "Eagle2ChatModel"])
