@@ -25,4 +25,5 @@ step env 60 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --f
 step gpu_tests 150 python3 -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors $(grep -rl "mark.gpu" tests --include="test_*.py")
 step kernels 100 python3 benchmarks/kernels.py
 step gpu_scale 200 python3 benchmarks/gpu_scale.py
+step vision_9b 120 python3 benchmarks/vision_9b.py --json "$LOG_DIR/vision_9b.json"
 step preprocess_cpu 30 python3 benchmarks/preprocess.py --seconds 1
