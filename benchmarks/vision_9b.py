@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nemo_eagle.config import EagleConfig, ProjectorConfig, VisionConfig, get_preset  # noqa: E402
-from nemo_eagle.modeling.projector import Projector  # noqa: E402
-from nemo_eagle.modeling.vision import VisionEncoder  # noqa: E402
+from nemo_eagle.config import EagleConfig, ProjectorConfig, VisionConfig, get_preset
+from nemo_eagle.modeling.projector import Projector
+from nemo_eagle.modeling.vision import VisionEncoder
 
 
 class Encoder(torch.nn.Module):
