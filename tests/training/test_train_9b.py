@@ -30,15 +30,21 @@ def _changed(before: dict, after: dict, prefix: str) -> bool:
     return any(not torch.equal(before[k], after[k].to(before[k].dtype)) for k in keys)
 
 
-@pytest.mark.parametrize("case", ["convnext_frozen", "siglip_frozen", "lora_convnext"])
+@pytest.mark.parametrize("case", ["convnext_frozen", "siglip_frozen", "lora_convnext", "packed_lora_siglip"])
 def test_eagle2_9b_recipe_trains_each_branch_separately(case, nine_ckpt, color_data, tmp_path):
     extra = {"convnext_frozen": ["model.freeze.convnext=true"],
              "siglip_frozen": ["model.freeze.vision=true", "model.freeze.convnext=false"],
-             "lora_convnext": ["peft=lora_convnext", "model.freeze.vision=true"]}[case]
+             "lora_convnext": ["peft=lora_convnext", "model.freeze.vision=true"],
+             # packing + mixture of resolution, LoRA on the SigLIP branch, the ConvNeXt frozen
+             "packed_lora_siglip": ["data=packed", "data.max_tokens_per_batch=2048", "data.low_res_ratio=0.5",
+                                    "peft=lora", "model.freeze.convnext=true"]}[case]
     run = load_run(_overrides(nine_ckpt, color_data, tmp_path / "exp", *extra))
     assert run.model.convnext_dtype == "bfloat16"
     before = {k: v.clone() for k, v in EagleModel.from_pretrained(nine_ckpt, dtype=torch.float32).state_dict().items()}
     result = train(run)
+    if case == "packed_lora_siglip":  # the micro-batch of two conversations rides in one packed row
+        batch = next(iter(result.model.train_dataloader()))
+        assert batch["input_ids"].shape[0] == 1 and int(batch["num_samples"]) == 2, batch["input_ids"].shape
     inner = result.model.model
     assert inner.vision.convnext.dtype == torch.bfloat16  # kept in bf16, as NVIDIA's code keeps it
     assert inner.vision.tower.embeddings.patch_embedding.weight.dtype == torch.float32
@@ -51,9 +57,12 @@ def test_eagle2_9b_recipe_trains_each_branch_separately(case, nine_ckpt, color_d
         assert _changed(before, after, siglip) and not _changed(before, after, convnext)
     elif case == "siglip_frozen":
         assert _changed(before, after, convnext) and not _changed(before, after, siglip)
-    else:  # LoRA on the ConvNeXt, merged into its weights in the export; SigLIP frozen
+    elif case == "lora_convnext":  # LoRA on the ConvNeXt, merged into its weights in the export; SigLIP frozen
         assert _changed(before, after, convnext + "stages.0.layers.0.pwconv1.") and not _changed(before, after, siglip)
         assert not _changed(before, after, convnext + "stages.0.layers.0.dwconv.")  # not a LoRA target, frozen
+    else:  # LoRA on SigLIP's attention / MLP, merged; its norms and the whole ConvNeXt frozen
+        assert _changed(before, after, siglip + "layers.0.self_attn.q_proj.") and not _changed(before, after, convnext)
+        assert not _changed(before, after, siglip + "layers.0.layer_norm1.")
     for k in ("vision.convnext.head_fc.weight", "vision.tower.head.probe"):  # unused heads never train
         assert torch.equal(before[k], after[k].to(before[k].dtype)), k
     assert _changed(before, after, "projector.")
