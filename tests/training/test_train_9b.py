@@ -7,7 +7,7 @@ import pytest
 import torch
 from train_helpers import QUESTION
 
-from nemo_eagle.convert.nemo_file import load_nemo_processor
+from nemo_eagle.data.processor import EagleProcessor
 from nemo_eagle.modeling.eagle import EagleModel
 from nemo_eagle.training.run import load_run, train
 
@@ -68,7 +68,7 @@ def test_eagle2_9b_recipe_trains_each_branch_separately(case, nine_ckpt, color_d
     assert _changed(before, after, "projector.")
 
     # the .nemo keeps the 9B preprocessing contract and generates through it
-    proc = load_nemo_processor(result.nemo_path)
+    proc = EagleProcessor.from_pretrained(result.nemo_path)
     assert (proc.tiling.prompt_format, proc.tiling.resize, proc.tiling.alpha) == ("qwen2_chat", "pil", "drop")
     prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}])
     batch = proc(text=prompt, images=[str(color_data / "images" / "red.png")])
