@@ -79,9 +79,13 @@ def test_chat_cli_answers_from_the_9b_checkpoint(ckpt, image, capsys):
     assert rc == 0 and out.strip() == want.strip()
 
 
-def test_nemo_both_ways_is_bitwise_and_keeps_the_contract(ckpt, image, tmp_path):
-    nemo = nemo_file.hf_to_nemo(ckpt, tmp_path / "nine.nemo")
-    back = nemo_file.nemo_to_hf(nemo, tmp_path / "back")
+def test_nemo_both_ways_is_bitwise_and_keeps_the_contract(ckpt, image, tmp_path, capsys):
+    from nemo_eagle.convert.cli import main as convert_main
+
+    nemo, back = tmp_path / "nine.nemo", tmp_path / "back"
+    assert convert_main(["--from", str(ckpt), "--to", str(nemo), "--verify"]) == 0
+    assert convert_main(["--from", str(nemo), "--to", str(back), "--verify"]) == 0
+    assert capsys.readouterr().out.count("bitwise identical") == 2
     a, b = load_file(str(ckpt / "model.safetensors")), read_safetensors(back)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     proc = EagleProcessor.from_pretrained(nemo)

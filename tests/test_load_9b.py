@@ -173,3 +173,22 @@ def test_single_tower_config_with_moe_tensors_is_refused(ckpt, tmp_path):
     with pytest.raises(CheckpointError, match="mixture-of-encoders"):
         EagleModel.from_pretrained(wrong)
 
+
+
+@pytest.mark.parametrize("edit,error,match", [
+    (lambda v: v.update(vision_path="MOB:palisiglip;siglip2"), NotImplementedError, "one SigLIP \\+ one ConvNeXt"),
+    (lambda v: v.update(normalize_type="imagenet"), NotImplementedError, "normalize_type 'imagenet'"),
+    (lambda v: v.pop("siglip_vision_config"), TypeError, "siglip_vision_config"),
+])
+def test_unsupported_mob_configs_are_named(ckpt, edit, error, match):
+    hf = json.loads((ckpt / "config.json").read_text())
+    edit(hf["vision_config"])
+    with pytest.raises(error, match=match):
+        config_from_hf(hf)
+
+
+def test_unknown_template_is_refused(ckpt):
+    hf = json.loads((ckpt / "config.json").read_text())
+    hf["template"] = "vicuna_v1"
+    with pytest.raises(NotImplementedError, match="template 'vicuna_v1'"):
+        config_from_hf(hf)
