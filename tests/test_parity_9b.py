@@ -178,3 +178,74 @@ def test_batch_rows_match_single_prompts(proc, eager, nine):
         for i, im in enumerate(imgs):
             one = eager(**proc(text=prompt, images=[im])).logits[:, -1]
             torch.testing.assert_close(both[i:i + 1], one, atol=1e-4, rtol=0)
+
+
+def test_whole_model_equals_an_independent_transformers_build(eager, proc, nine):
+    """SiglipVisionModel + ConvNextModel (eps 1e-5) + Qwen2ForCausalLM loaded here from the raw checkpoint, with the
+    9B glue (pixel shuffle, concatenation, mlp1, merge) written out in this test: EagleModel's logits, bit for bit."""
+    from safetensors.torch import load_file
+    from transformers import (
+        ConvNextConfig,
+        ConvNextModel,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    raw = load_file(str(nine / "tiny-eagle2-9b" / "model.safetensors"))
+    cfg = json.loads((nine / "tiny-eagle2-9b" / "config.json").read_text())
+    towers = "vision_model.vision_model.vision_towers."
+
+    def part(prefix):
+        return {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
+
+    sig_cfg = {k: v for k, v in cfg["vision_config"]["siglip_vision_config"].items() if k != "model_type"}
+    siglip = SiglipVisionModel(SiglipVisionConfig(**sig_cfg, vision_use_head=False, attn_implementation="eager"))
+    sd = {k: v for k, v in part(towers + "0.vision_tower.vision_model.").items() if not k.startswith("head.")}
+    missing, unexpected = siglip.load_state_dict(sd, strict=False)
+    assert not unexpected and not [m for m in missing if "position_ids" not in m]
+    convnext = ConvNextModel(ConvNextConfig(depths=[1, 1, 2, 1], hidden_sizes=[16, 24, 32, 48]))
+    cn = {}
+    for k, v in part(towers + "1.vision_tower.").items():
+        if k.startswith("head."):
+            continue
+        k = (k.replace("stem.0", "embeddings.patch_embeddings").replace("stem.1", "embeddings.layernorm")
+             .replace("stages.", "encoder.stages.").replace("downsample", "downsampling_layer")
+             .replace("blocks", "layers").replace("conv_dw", "dwconv").replace(".norm.", ".layernorm.")
+             .replace("mlp.fc1", "pwconv1").replace("mlp.fc2", "pwconv2"))
+        scale = ".layers." in k and k.split(".")[-2].isdigit()  # stages.S.blocks.B.weight: timm's layer scale
+        cn[k[: -len("weight")] + "layer_scale_parameter" if scale else k] = v
+    missing, unexpected = convnext.load_state_dict(cn, strict=False)
+    assert not unexpected and set(missing) == {"layernorm.weight", "layernorm.bias"}
+    for m in convnext.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            m.eps = 1e-5
+    llm_cfg = {k: v for k, v in cfg["llm_config"].items() if k not in ("architectures", "auto_map", "model_type")}
+    llm = Qwen2ForCausalLM(Qwen2Config(**llm_cfg))
+    llm.config._attn_implementation = "eager"
+    missing, unexpected = llm.load_state_dict(part("language_model."), strict=False)
+    assert not missing and not unexpected
+    for m in (siglip, convnext, llm):
+        m.eval()
+
+    _, _, batch = _case(proc, nine, "small_300x200")
+    pv = batch["pixel_values"]
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        s = siglip(pixel_values=pv).last_hidden_state  # (T, 1024, 48)
+        t, _, c = s.shape
+        s = s.view(t, 16, 2, 16, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(t, 256, 4 * c)  # InternVL v2 shuffle
+        x = torch.nn.functional.interpolate(pv, size=(512, 512), mode="bilinear", align_corners=True)
+        x = x * (0.5 / std) + (0.5 - mean) / std
+        f = convnext.encoder(convnext.embeddings(x)).last_hidden_state.flatten(2).transpose(1, 2)
+        h = torch.cat([s, f], -1)
+        h = torch.nn.functional.layer_norm(h, (h.shape[-1],), raw["mlp1.0.weight"], raw["mlp1.0.bias"], 1e-5)
+        h = torch.nn.functional.linear(h, raw["mlp1.1.weight"], raw["mlp1.1.bias"])
+        h = torch.nn.functional.linear(torch.nn.functional.gelu(h), raw["mlp1.3.weight"], raw["mlp1.3.bias"])
+        embeds = llm.get_input_embeddings()(batch["input_ids"])
+        embeds[batch["input_ids"] == 424] = h.reshape(-1, h.shape[-1])
+        want = llm(inputs_embeds=embeds).logits
+        got = eager(**batch).logits
+    assert torch.equal(got, want)  # the same operations in the same order: bit for bit
