@@ -79,6 +79,18 @@ def test_chat_cli_answers_from_the_9b_checkpoint(ckpt, image, capsys):
     assert rc == 0 and out.strip() == want.strip()
 
 
+def test_tiles_cli_agrees_with_the_9b_reference(fixtures_dir, capsys):
+    import json
+
+    from nemo_eagle.cli import main
+
+    for stem in ("wide_1920x1080", "tall_600x1800", "small_300x200"):
+        ref = np.load(fixtures_dir / "eagle2-9b" / "expected" / f"{stem}.npz")
+        assert main(["tiles", str(fixtures_dir / "eagle2-9b" / "images" / f"{stem}.png"), "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+        assert plan["num_tiles"] == int(ref["num_tiles"][0]) and plan["num_tokens"] == 256 * plan["num_tiles"]
+
+
 def test_nemo_both_ways_is_bitwise_and_keeps_the_contract(ckpt, image, tmp_path, capsys):
     from nemo_eagle.convert.cli import main as convert_main
 
