@@ -24,10 +24,11 @@ def nine_microbatches(ckpt: Path, image: Path) -> list[dict]:
 
 
 def nine_worker(ckpt: str, image: str) -> dict:
-    """Spawned rank (world of 2): the 9B tower under TP=2."""
+    """Spawned rank (world of 2): the 9B tower under TP=2, then PP=2 (vision, ConvNeXt and projector on stage 0)."""
     import megatron_cpu_shim
 
     megatron_cpu_shim.enable()
     from megatron_helpers import run_layout
 
-    return run_layout(Path(ckpt), nine_microbatches(Path(ckpt), Path(image)), tp=2, pp=1)
+    mbs = nine_microbatches(Path(ckpt), Path(image))
+    return {"tp2": run_layout(Path(ckpt), mbs, tp=2, pp=1), "pp2": run_layout(Path(ckpt), mbs, tp=1, pp=2)}

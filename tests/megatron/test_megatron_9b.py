@@ -1,5 +1,5 @@
 """Eagle2-9B on the megatron path: megatron SigLIP + the replicated ConvNeXt branch, weights through the bridge,
-against EagleModel and NVIDIA's fixtures (TP=1), TP=2 on gloo against TP=1, and HF -> megatron -> HF bitwise."""
+against EagleModel and NVIDIA's fixtures (TP=1), TP=2 and PP=2 on gloo against TP=1, HF -> megatron -> HF bitwise."""
 
 from __future__ import annotations
 
@@ -56,14 +56,16 @@ def tp1(ckpt, nine):
             parallel.shutdown()
 
 
-def test_tp2_on_gloo_matches_tp1(ckpt, nine, tp1):
+def test_tp2_and_pp2_on_gloo_match_tp1(ckpt, nine, tp1):
     results = parallel.launch(nine_worker, 2, str(ckpt), str(nine / "images" / "small_300x200.png"))
     assert tp1["loss_after"] < tp1["loss_before"]
     for rank in results:
-        torch.testing.assert_close(rank["logits"], tp1["logits"], atol=1e-4, rtol=0)
-        assert rank["loss_before"] == pytest.approx(tp1["loss_before"], rel=1e-5)
-        assert rank["grad_norm"] == pytest.approx(tp1["grad_norm"], rel=1e-4)
-        assert rank["loss_after"] == pytest.approx(tp1["loss_after"], rel=1e-4)
+        torch.testing.assert_close(rank["tp2"]["logits"], tp1["logits"], atol=1e-4, rtol=0)
+        for layout in ("tp2", "pp2"):  # the same loss, gradients and update
+            got = rank[layout]
+            assert got["loss_before"] == pytest.approx(tp1["loss_before"], rel=1e-5), layout
+            assert got["grad_norm"] == pytest.approx(tp1["grad_norm"], rel=1e-4), layout
+            assert got["loss_after"] == pytest.approx(tp1["loss_after"], rel=1e-4), layout
 
 
 def test_hf_megatron_hf_is_bitwise_for_9b(ckpt, tmp_path):
