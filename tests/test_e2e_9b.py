@@ -128,7 +128,7 @@ def test_onnx_export_of_the_two_branch_tower(ckpt, tmp_path):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
 
 
-def test_a_converted_nemo_serves_chat_and_embeddings(ckpt, image, tmp_path):
+def test_a_9b_nemo_serves_chat_and_embeddings(ckpt, image, tmp_path):
     import httpx
 
     from nemo_eagle.serve.app import create_app
@@ -136,7 +136,7 @@ def test_a_converted_nemo_serves_chat_and_embeddings(ckpt, image, tmp_path):
     from nemo_eagle.serve.engine import Engine
     from nemo_eagle.serve.settings import ServeSettings
 
-    hf = nemo_file.nemo_to_hf(nemo_file.hf_to_nemo(ckpt, tmp_path / "n.nemo"), tmp_path / "served")
+    hf = nemo_file.hf_to_nemo(ckpt, tmp_path / "n.nemo")  # the .nemo itself is served
     engine = Engine.from_pretrained(hf, device="cpu", dtype="float32", max_model_len=8192)
     url = "data:image/png;base64," + __import__("base64").b64encode(image.read_bytes()).decode()
     model = EagleModel.from_pretrained(ckpt, dtype=torch.float32)
