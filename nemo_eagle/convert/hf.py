@@ -109,7 +109,7 @@ def config_for_tensors(cfg, tensors):
     cn = {**cfg.vision.convnext, "towers": list(towers)}
     head = f"{MOE_PREFIX}{towers.index('convnext')}.vision_tower.head.fc.weight"
     if head in tensors:
-        cn["num_classes"] = int(tuple(getattr(tensors[head], "shape", tensors[head]))[0])
+        cn["num_classes"] = int(next(iter(getattr(tensors[head], "shape", tensors[head]))))
     return cfg.replace(vision={"convnext": cn})
 
 
