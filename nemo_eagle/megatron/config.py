@@ -293,11 +293,14 @@ def get_megatron_preset(name: str) -> ScalePreset:
 
 
 def count_parameters(cfg: EagleConfig) -> int:
-    """Parameter count of the EAGLE2 architecture (SigLIP + projector + decoder), from the config alone."""
+    """Parameter count of the EAGLE2 architecture (SigLIP + projector + decoder, plus Eagle2-9B's ConvNeXt branch
+    with its unused head), from the config alone."""
     v, llm = cfg.vision, cfg.llm
     p = v.num_channels * v.patch_size**2 * v.hidden_size + v.hidden_size + v.grid_size**2 * v.hidden_size
     p += v.num_hidden_layers * (4 * v.hidden_size**2 + 4 * v.hidden_size + 2 * v.hidden_size * v.intermediate_size
                                 + v.intermediate_size + v.hidden_size + 4 * v.hidden_size) + 2 * v.hidden_size
+    if v.is_mixture:
+        p += convnext_parameters(v.convnext)
     c = cfg.projector_in_features
     p += 2 * c + c * llm.hidden_size + llm.hidden_size + llm.hidden_size**2 + llm.hidden_size
     h, d, q, kv = llm.hidden_size, llm.head_dim, llm.num_attention_heads, llm.num_key_value_heads
@@ -305,3 +308,15 @@ def count_parameters(cfg: EagleConfig) -> int:
     layer = h * (q + 2 * kv) * d + bias + q * d * h + 3 * h * llm.intermediate_size + 2 * h
     p += llm.num_hidden_layers * layer + h + llm.vocab_size * h * (1 if llm.tie_word_embeddings else 2)
     return p
+
+
+def convnext_parameters(cn: dict) -> int:
+    """Parameters of a ConvNeXt branch (stem, downsampling layers, blocks, the unused head) from its sizes."""
+    dims, depths = [int(d) for d in cn["hidden_sizes"]], [int(d) for d in cn["depths"]]
+    p = 3 * 16 * dims[0] + dims[0] + 2 * dims[0]  # stem: 4x4 conv + LayerNorm
+    for s, (d, n) in enumerate(zip(dims, depths)):
+        if s:
+            p += 2 * dims[s - 1] + dims[s - 1] * d * 4 + d  # LayerNorm + 2x2 conv
+        p += n * (49 * d + d + 2 * d + 4 * d * d + 4 * d + 4 * d * d + d + d)  # dwconv, norm, fc1, fc2, layer scale
+    classes = int(cn.get("num_classes", 1024))
+    return p + 2 * dims[-1] + dims[-1] * classes + classes

@@ -80,3 +80,12 @@ def test_hf_megatron_hf_is_bitwise_for_9b(ckpt, tmp_path):
     want, got = load_file(str(ckpt / "model.safetensors")), load_file(str(tmp_path / "hf" / "model.safetensors"))
     assert sorted(got) == sorted(want)  # the ConvNeXt and both unused heads come back under their own names
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_convnext_parameter_count_matches_the_built_branch(ckpt):
+    from nemo_eagle.config import get_preset
+    from nemo_eagle.megatron.config import convnext_parameters
+
+    model = EagleModel.from_pretrained(ckpt)
+    assert convnext_parameters(model.config.vision.convnext) == sum(p.numel() for p in model.vision.convnext.parameters())
+    assert 846e6 < convnext_parameters(get_preset("eagle2-9b").vision.convnext) < 847e6  # ConvNeXt-XXLarge
