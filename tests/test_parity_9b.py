@@ -170,13 +170,15 @@ def test_several_images_are_labelled_and_tiled_separately(proc, nine):
 
 
 def test_batch_rows_match_single_prompts(proc, eager, nine):
-    prompt = proc.apply_chat_template(_messages())
+    """Left-padded rows of different lengths (one tile each, to keep it quick) give each prompt's own logits."""
+    prompts = [proc.apply_chat_template(_messages()), proc.apply_chat_template(_messages(text="What is this? " * 9))]
     imgs = [Image.open(nine / "images" / f"{s}.png") for s in ("small_300x200", "wide_1920x1080")]
-    batch = proc(text=[prompt, prompt], images=[[imgs[0]], [imgs[1]]])
+    batch = proc(text=prompts, images=[[imgs[0]], [imgs[1]]], max_tiles=1)
+    assert batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum()  # row 0 is padded
     with torch.no_grad():
         both = eager(**batch).logits[:, -1]
-        for i, im in enumerate(imgs):
-            one = eager(**proc(text=prompt, images=[im])).logits[:, -1]
+        for i, (prompt, im) in enumerate(zip(prompts, imgs)):
+            one = eager(**proc(text=prompt, images=[im], max_tiles=1)).logits[:, -1]
             torch.testing.assert_close(both[i:i + 1], one, atol=1e-4, rtol=0)
 
 
