@@ -1,12 +1,50 @@
 """``nemo-eagle`` command line: a table of subcommand -> ``module:function`` taking ``argv``.
 
-Subcommands import lazily so ``nemo-eagle tiles`` never pays for Lightning or Triton.
+Subcommands import lazily so ``nemo-eagle tiles`` never pays for Lightning or Triton. The flags that mean the same
+thing in several subcommands (``--model``, ``--device``, ``--dtype``, ``--max-tiles``, ``--out``, ``--api-key``)
+are declared once here, so every subcommand spells and documents them alike.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+from typing import Any
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_dtype_arg(p: Any, *, default: str | None = None, help_default: str = "the checkpoint's; float32 on CPU") -> None:
+    p.add_argument("--dtype", default=default, choices=DTYPES, help=f"weights dtype (default: {help_default})")
+
+
+def add_device_arg(p: Any, *, default: str | None = None, help_default: str = "cuda when available, else cpu") -> None:
+    p.add_argument("--device", default=default, help=f"cpu, cuda, cuda:1, ... (default: {help_default})")
+
+
+def add_out_arg(p: Any, *, aliases: tuple[str, ...] = (), **kw: Any) -> None:
+    """``--out``; older spellings (``--output``) keep working but are not shown in ``--help``."""
+    kw.setdefault("dest", "out")
+    p.add_argument("--out", **kw)
+    for alias in aliases:
+        p.add_argument(alias, dest=kw["dest"], type=kw.get("type"), help=argparse.SUPPRESS)
+
+
+def add_api_key_arg(p: Any, *, what: str = "the endpoint") -> None:
+    p.add_argument("--api-key", default=None, help=f"bearer token for {what} (default: $OPENAI_API_KEY)")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    from nemo_eagle import __version__
+
+    try:
+        return dist_version("nemo-eagle")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:function, one-line help)
@@ -28,8 +66,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: nemo-eagle COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: nemo-eagle [--version] COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<15} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`nemo-eagle COMMAND --help` documents every option of a command."]
     return "\n".join(lines)
 
 
@@ -37,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"nemo-eagle {version()}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

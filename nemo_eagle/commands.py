@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 EXAMPLE_IMAGE = Path(__file__).parent / "assets" / "example.png"
@@ -17,29 +19,72 @@ def _image_path(arg: str) -> str:
     return str(EXAMPLE_IMAGE) if arg == "example" else arg
 
 
-def _fallback_checkpoint() -> Path:
-    """A tiny random checkpoint in the user cache (created once) for machines without the hub."""
-    from nemo_eagle.convert.tiny import RANDOM_LABEL, create_tiny
+FALLBACK_NAME = "tiny-eagle2-random-v2"  # v2: input-sensitive weights (v1 answered only special tokens)
 
-    root = Path(os.environ.get("NIM_CACHE_PATH") or Path.home() / ".cache" / "nemo_eagle") / "tiny-eagle2-random"
+
+def _fallback_checkpoint() -> Path:
+    """A tiny random checkpoint in the user cache (created once) for machines without the hub.
+
+    Its weights are scaled so that the greedy answer depends on the image and question and decodes to visible
+    text: a newcomer sees that chat works end to end, and the notice says the answer is noise.
+    """
+    from nemo_eagle.convert.tiny import RANDOM_LABEL, create_tiny, make_input_sensitive
+
+    root = Path(os.environ.get("NIM_CACHE_PATH") or Path.home() / ".cache" / "nemo_eagle") / FALLBACK_NAME
     if not (root / "model.safetensors").exists():
-        create_tiny(root)
-    print(f"[nemo-eagle] {RANDOM_LABEL} ({root})", file=sys.stderr)
+        tmp = root.with_name(root.name + ".partial")
+        create_tiny(tmp)
+        make_input_sensitive(tmp)
+        if root.exists():  # a torn earlier attempt
+            import shutil
+
+            shutil.rmtree(root)
+        tmp.rename(root)
+    print(f"[nemo-eagle] using {root}\n[nemo-eagle] {RANDOM_LABEL} The answer below is random text, not a reading "
+          "of the image: it only shows that the pipeline runs.", file=sys.stderr)
     return root
 
 
+def squeeze_blank_lines(pieces: Iterable[str]) -> Iterator[str]:
+    """Streamed text without leading whitespace, without trailing whitespace, and with at most one blank line in a row.
+
+    Whitespace is held back until visible text follows it, so a model that emits hundreds of newlines prints none.
+    """
+    started = False
+    pending = ""
+    for piece in pieces:
+        pending += piece
+        if not pending.strip():
+            continue
+        lead = len(pending) - len(pending.lstrip())
+        gap, rest = pending[:lead], pending[lead:]
+        if not started:
+            gap = ""
+        elif gap.count("\n") > 2:
+            gap = "\n\n"
+        body = rest.rstrip()
+        tail = rest[len(body):]
+        body = re.sub(r"\n[ \t\r\f\v]*(?:\n[ \t\r\f\v]*)+\n", "\n\n", body)  # inner runs of blank lines
+        yield gap + body
+        started = True
+        pending = tail
+
+
 def chat_main(argv: list[str]) -> int:
+    from nemo_eagle.cli import add_device_arg, add_dtype_arg
+
     p = argparse.ArgumentParser(prog="nemo-eagle chat", description="Ask an Eagle2 model about images.")
     p.add_argument("question")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"HF directory, .nemo file or hub id (default {DEFAULT_MODEL})")
     p.add_argument("--image", action="append", default=[], help="image file ('example' = the bundled chart); repeatable")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length limit (default 256; 32 on the random fallback)")
     p.add_argument("--max-tiles", type=int, default=None, help="override the checkpoint's tile limit")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: checkpoint's; float32 on CPU)")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    add_dtype_arg(p, help_default="bfloat16 on GPU, float32 on CPU")
+    add_device_arg(p)
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--draw-boxes", metavar="OUT.png", default=None, help="draw <box> outputs onto the first image")
@@ -67,6 +112,8 @@ def chat_main(argv: list[str]) -> int:
             return 2
         print(f"[nemo-eagle] {e}; falling back", file=sys.stderr)
         path = _fallback_checkpoint()
+        if args.max_new_tokens is None:
+            args.max_new_tokens = 32  # noise: a line of it shows the pipeline runs
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
     try:
@@ -82,19 +129,21 @@ def chat_main(argv: list[str]) -> int:
         return 2
     for plan in batch.plans:
         logging.getLogger("nemo_eagle.tiling").info("tiling plan: %s", plan.describe())
-    gen = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-               temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed)
+    gen = {"max_new_tokens": args.max_new_tokens or 256, "do_sample": args.temperature > 0,
+               "temperature": args.temperature or 1.0, "top_p": args.top_p, "seed": args.seed}
     if sys.stdout.isatty() and not args.no_stream:
         pieces = []
-        for piece in model.stream(**batch, **gen):
+        for piece in squeeze_blank_lines(model.stream(**batch, **gen)):
             pieces.append(piece)
             print(piece, end="", flush=True)
-        print()
         answer = "".join(pieces)
+        if answer:
+            print()
     else:
-        answer = proc.decode(model.generate(**batch, **gen)[0])
-        print(answer)
-    if not answer.strip():
+        answer = "".join(squeeze_blank_lines([proc.decode(model.generate(**batch, **gen)[0])]))
+        if answer:
+            print(answer)
+    if not answer:
         print("[nemo-eagle] the model produced no text (only special tokens or whitespace)", file=sys.stderr)
     if args.draw_boxes:
         from nemo_eagle.grounding import draw_boxes, parse_boxes

@@ -92,7 +92,7 @@ class TilePlan:
     def describe(self) -> str:
         cols, rows = self.grid
         s = (f"{self.width}x{self.height} -> grid {cols}x{rows} ({cols * self.tile_size}x{rows * self.tile_size}), "
-             f"{self.num_tiles} tiles{' incl. thumbnail' if self.has_thumbnail else ''}, {self.num_tokens} image tokens")
+             f"{self.num_tiles} tile{'' if self.num_tiles == 1 else 's'}{' incl. thumbnail' if self.has_thumbnail else ''}, {self.num_tokens} image tokens")
         if self.reduced:
             s += f" (max_tiles lowered {self.requested_max_tiles} -> {self.max_tiles} to fit the token budget)"
         return s

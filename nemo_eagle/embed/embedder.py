@@ -177,7 +177,7 @@ class EagleEmbedder(nn.Module):
                 emb.projection.weight.data.copy_(weight)
             else:
                 log.warning("no trained multi-vector projection in %s: using the fixed seed-%d orthogonal one "
-                            "(fine-tune with `python -m nemo_eagle.embed.train`)", path, PROJECTION_SEED)
+                            "(fine-tune one with `nemo-eagle train-embedder`)", path, PROJECTION_SEED)
         if device is not None:
             emb.to(device)
         emb.eval()
