@@ -123,6 +123,10 @@ def build_trainer(run: TrainRun, plan: PrecisionPlan, *, has_val: bool, callback
                            monitor="val_loss" if has_val else None, mode="min")
     cbs = [ckpt, ThroughputMonitor(), StepLog(exp / "train_log.jsonl"), LearningRateMonitor("step"),
            SaveOnSignal(exp / "checkpoints" / "last.ckpt"), *callbacks]
+    if t.enable_progress_bar:
+        from nemo_eagle.training.logs import step_progress_bar
+
+        cbs.append(step_progress_bar())  # steps out of max_steps: the batch count of a stream is unknown
     kwargs: dict[str, Any] = {
         "accelerator": t.accelerator, "devices": t.devices, "num_nodes": t.num_nodes, "strategy": t.strategy,
         "max_steps": t.max_steps, "max_epochs": t.max_epochs, "log_every_n_steps": t.log_every_n_steps,

@@ -83,8 +83,11 @@ def train(run: TrainRun, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     from lightning.pytorch import seed_everything
     from omegaconf import OmegaConf
 
+    import nemo_eagle.nemo_model  # noqa: F401  (imports lightning, nemo.core and their handlers before the clean-up)
     from nemo_eagle.training.build import build_run
+    from nemo_eagle.training.logs import drop_duplicate_handlers
 
+    drop_duplicate_handlers()
     exp = Path(run.exp_dir)
     exp.mkdir(parents=True, exist_ok=True)
     (exp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(run)))
@@ -119,16 +122,62 @@ def train(run: TrainRun, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     return TrainResult(nemo_path=out, trainer=built.trainer, model=built.model)
 
 
+def config_groups() -> dict[str, list[str]]:
+    """Each config group (a folder of ``conf/``) and its options (the YAML files in it), sorted."""
+    if not CONF_DIR.is_dir():
+        return {}
+    return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in sorted(CONF_DIR.iterdir()) if d.is_dir()}
+
+
+def _group_defaults(config_name: str = "train") -> dict[str, str]:
+    """``group -> option`` from the defaults list of ``conf/<config_name>.yaml`` (for --help only)."""
+    import re
+
+    path = CONF_DIR / f"{config_name}.yaml"
+    text = path.read_text() if path.exists() else ""
+    return dict(re.findall(r"^\s*-\s*([\w/]+)\s*:\s*([\w.-]+)\s*$", text, flags=re.MULTILINE))
+
+
+def _epilog() -> str:
+    defaults = _group_defaults()
+    lines = ["config groups (conf/<group>/<option>.yaml; choose one with group=option, * = default):"]
+    for group, options in config_groups().items():
+        shown = [f"{o}*" if defaults.get(group) == o else o for o in options]
+        lines.append(f"  {group:<10} {', '.join(shown)}")
+    lines += [
+        "",
+        "other overrides: Hydra syntax, e.g. data.micro_batch_size=4 optim.lr=1e-4 exp_dir=runs/x",
+        "on a CPU machine: trainer=cpu_debug precision=fp32 (a few steps in full precision; model=tiny for a smoke run)",
+        "print the composed config without training: nemo-eagle train --cfg job ...",
+    ]
+    return "\n".join(lines)
+
+
+def check_group_choices(overrides: Sequence[str]) -> None:
+    """``group=option`` overrides name an existing option, else a ValueError listing the choices."""
+    groups = config_groups()
+    for o in overrides:
+        key, eq, value = o.lstrip("+~").partition("=")
+        if not eq or key not in groups or not value or value in ("null", "None"):
+            continue
+        if value not in groups[key]:
+            raise ValueError(f"{key}={value}: no such option in config group {key!r}; "
+                             f"choose one of {', '.join(groups[key])}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nemo-eagle train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="overrides: Hydra syntax, e.g. model=tiny data.micro_batch_size=4 optim.lr=1e-4")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides (key=value, group=option)")
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
+    p.add_argument("overrides", nargs="*", help="Hydra overrides (group=option, key=value)")
     p.add_argument("--config-name", default="train", help="a YAML in conf/ (default: train)")
     p.add_argument("--cfg", choices=["job"], help="print the composed config and exit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from nemo_eagle.training.logs import quiet_third_party_logs
+
+    quiet_third_party_logs()
     try:
+        check_group_choices(args.overrides)
         cfg = compose(args.overrides, args.config_name)
         if args.cfg:
             from omegaconf import OmegaConf
