@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from nemo_eagle.eval.benchmarks import BENCHMARKS, DataError, get_benchmark, load_items
-from nemo_eagle.eval.predictors import EndpointError
+from nemo_eagle.eval.predictors import EndpointError, EndpointRefused
 from nemo_eagle.eval.runner import EvalSettings, run_eval
 
 log = logging.getLogger("nemo_eagle.eval")
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             predictor = EndpointPredictor(args.endpoint, model=args.served_model,
                                           api_key=args.api_key or os.environ.get("OPENAI_API_KEY"))
         report = run_eval(bench, items, predictor, args.out, settings, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, DataError) as e:
+    except (ValueError, FileNotFoundError, DataError, EndpointRefused) as e:
         print(f"nemo-eagle eval: {e}", file=sys.stderr)
         return 2
     except (EndpointError, OSError) as e:  # httpx transport errors are OSError-like; keep what was predicted

@@ -23,6 +23,39 @@ class EndpointError(RuntimeError):
     """The endpoint could not be reached or refused a request."""
 
 
+class EndpointRefused(EndpointError):
+    """The endpoint answered, but refuses what this run asks for; rerunning the same command cannot help."""
+
+
+AUTH_HINT = "the server refused the API key; set OPENAI_API_KEY or --api-key"
+# Every benchmark's protocol tile limit fits under this (InfoVQA / OCRBench use 24).
+PROTOCOL_MAX_TILES = 24
+
+
+def _error_of(resp: Any) -> dict[str, Any]:
+    """The OpenAI-shaped ``error`` object of a response, or {}."""
+    try:
+        err = resp.json().get("error")
+    except (ValueError, AttributeError):
+        return {}
+    return err if isinstance(err, dict) else {}
+
+
+def refusal(resp: Any, url: str, *, max_tiles: int | None = None) -> EndpointRefused | None:
+    """A clear error for answers that no retry fixes (wrong key, a tile limit above the server's), else None."""
+    err = _error_of(resp)
+    said = f" (server: {err['message']})" if err.get("message") else ""
+    if resp.status_code in (401, 403):
+        return EndpointRefused(f"{AUTH_HINT}{said}")
+    if resp.status_code == 400 and err.get("param") == "max_tiles" and max_tiles is not None:
+        need = max(max_tiles, PROTOCOL_MAX_TILES)
+        return EndpointRefused(
+            f"the server at {url} allows fewer tiles per image than this benchmark's protocol asks for ({max_tiles})"
+            f"{said}; restart it with `nemo-eagle serve --max-tiles {need}` (enough for every benchmark), "
+            "or pass a lower --max-tiles here (the score then no longer follows the protocol)")
+    return None
+
+
 class Predictor(Protocol):
     def predict(self, prompt: str, images: list[Image.Image], *, max_tiles: int, max_new_tokens: int) -> str: ...
 
@@ -88,6 +121,12 @@ class EndpointPredictor:
         models_url = self.url[: -len("/chat/completions")] + "/models"
         try:
             resp = self.client.get(models_url)
+        except httpx.HTTPError as e:
+            raise EndpointError(f"cannot reach {models_url} ({type(e).__name__}: {e})") from e
+        refused = refusal(resp, models_url)
+        if refused is not None:
+            raise refused
+        try:
             resp.raise_for_status()
             return resp.json()["data"][0]["id"]
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
@@ -111,6 +150,9 @@ class EndpointPredictor:
             if resp.status_code in (429, 503) and attempt < self.max_retries:
                 time.sleep(min(30.0, 0.5 * 2**attempt))
                 continue
+            refused = refusal(resp, self.url, max_tiles=max_tiles)
+            if refused is not None:
+                raise refused
             if resp.status_code != 200:
                 raise EndpointError(f"{self.url} answered HTTP {resp.status_code}: {resp.text[:300]}")
             try:

@@ -118,12 +118,16 @@ def run_eval(bench: Benchmark, items: list[Item], predictor: Predictor, out: Pat
         todo = [it for it in items if it.id not in preds]
         log.info("%s: %d questions, %d already predicted, %d to go (max_tiles %d, upscale %s, greedy)", bench.name,
                  len(items), len(items) - len(todo), len(todo), settings.max_tiles, settings.upscale)
-        for it in tqdm(todo, desc=bench.name, unit="q", dynamic_ncols=True):
-            t0 = time.monotonic()
-            text = predictor.predict(it.prompt, prepare_images(it, settings.upscale), max_tiles=settings.max_tiles,
-                                     max_new_tokens=settings.max_new_tokens)
-            journal.append({"id": it.id, "prediction": text, "seconds": round(time.monotonic() - t0, 3)})
-            preds[it.id] = text
+        # the bar counts all questions of the run, those predicted by an earlier run included
+        with tqdm(total=len(items), initial=len(items) - len(todo), desc=bench.name, unit="q",
+                  dynamic_ncols=True) as bar:
+            for it in todo:
+                t0 = time.monotonic()
+                text = predictor.predict(it.prompt, prepare_images(it, settings.upscale),
+                                         max_tiles=settings.max_tiles, max_new_tokens=settings.max_new_tokens)
+                journal.append({"id": it.id, "prediction": text, "seconds": round(time.monotonic() - t0, 3)})
+                preds[it.id] = text
+                bar.update(1)
     finally:
         journal.close()
     rows, agg = score(bench, items, preds)
