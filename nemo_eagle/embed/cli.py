@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nemo_eagle.cli import add_device_arg, add_dtype_arg, add_out_arg
+
 log = logging.getLogger("nemo_eagle.embed")
 
 # Settings that change the vectors: an index built with one value cannot be searched with another.
@@ -40,8 +42,8 @@ def _add_model_args(p: argparse.ArgumentParser, *, model_required: bool = True) 
     g.add_argument("--max-tiles", type=int, help="per-image tile limit (default: the checkpoint's)")
     g.add_argument("--max-length", type=int, help="tokens per input (default: the model's context)")
     g.add_argument("--batch-size", type=int, help="inputs per forward pass")
-    g.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
+    add_dtype_arg(g, help_default="the checkpoint's")
+    add_device_arg(g, help_default="cpu")
     g.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -88,7 +90,7 @@ def _embed(argv: list[str] | None) -> int:
     p.add_argument("--truncate", choices=("NONE", "START", "END"), default="NONE")
     p.add_argument("--dimensions", type=int, help="shorter (Matryoshka) vectors, renormalised")
     p.add_argument("--encoding-format", choices=("float", "base64"), default="float")
-    p.add_argument("--output", type=Path, help="write the JSON here instead of stdout")
+    add_out_arg(p, aliases=("--output",), type=Path, help="write the JSON here instead of stdout")
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
     inputs: list[Any] = list(args.texts) + [Path(f) for f in args.image]
@@ -112,8 +114,8 @@ def _embed(argv: list[str] | None) -> int:
     out = {"object": "list", "model": str(args.model), "data": data,
            "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}}
     text = json.dumps(out)
-    if args.output:
-        args.output.write_text(text)
+    if args.out:
+        args.out.write_text(text)
     else:
         print(text)
     return 0
@@ -131,6 +133,36 @@ def index_main(argv: list[str] | None = None) -> int:
     return _run("index", _index, argv)
 
 
+IN_PROCESS_DBS = ("memory://", ":memory:")
+
+
+def _persistent_db(uri: str, command: str) -> None:
+    """Refuse stores that live only inside one process: ``index`` and ``search`` are separate processes."""
+    if uri.partition("?")[0] in IN_PROCESS_DBS:
+        raise ValueError(f"--db {uri} keeps vectors only inside one process, so what `nemo-eagle index` stores is gone "
+                         f"before `nemo-eagle {command}` could use it: pass a folder (embedded Qdrant, e.g. --db "
+                         "./pages.qdrant) or a Qdrant server URL (http://host:6333); in-memory stores are for the "
+                         "Python API (nemo_eagle.embed.store.open_store)")
+
+
+def _load_pages(chunk: list, dpi: float, skip: bool, skipped: list[tuple[Path, str]]) -> list:
+    """(page, id, image) for the pages of ``chunk`` that decode; a bad one raises naming its file, or is skipped."""
+    from nemo_eagle.embed.pages import load_page
+
+    out = []
+    for pg, i in chunk:
+        try:
+            out.append((pg, i, load_page(pg, dpi=dpi)))
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError / truncated file are OSErrors
+            reason = f"{type(e).__name__}: {e}"
+            if not skip:
+                raise ValueError(f"cannot read {pg.source} ({pg.key}): {reason}; pass --on-bad-file skip to index "
+                                 "the other files") from e
+            log.warning("skipping %s: %s", pg.key, reason)
+            skipped.append((pg.source, reason))
+    return out
+
+
 def _check_settings(stored: dict[str, Any], current: dict[str, Any], where: str) -> None:
     diff = {k: (stored.get(k), current.get(k)) for k in (*VECTOR_SETTINGS, "dimensions") if stored.get(k) != current.get(k)}
     if diff:
@@ -141,24 +173,31 @@ def _check_settings(stored: dict[str, Any], current: dict[str, Any], where: str)
 def _index(argv: list[str] | None) -> int:
     from tqdm.auto import tqdm
 
-    from nemo_eagle.embed.pages import discover_pages, load_page
+    from nemo_eagle.embed.pages import discover_pages
     from nemo_eagle.embed.store import open_store, point_id
 
     p = argparse.ArgumentParser(prog="nemo-eagle index",
                                 description="Index a folder of images and PDF pages into a vector store (resumable).")
     _add_model_args(p)
     p.add_argument("--input", required=True, type=Path, help="folder of images / PDFs (or one file)")
-    p.add_argument("--db", required=True, help="vector store URI: a path (embedded Qdrant), :memory:, "
-                   "http(s)://host:6333 (Qdrant server); add ?collection=NAME")
+    p.add_argument("--db", required=True, help="vector store URI: a folder (embedded Qdrant) or http(s)://host:6333 "
+                   "(Qdrant server); add ?collection=NAME")
     p.add_argument("--dimensions", type=int, help="store shorter (Matryoshka) vectors")
     p.add_argument("--pdf-dpi", type=float, default=144.0, help="resolution PDF pages are rendered at")
+    p.add_argument("--on-bad-file", choices=("skip", "error"), default="skip",
+                   help="an unreadable image or PDF: skip it (counted and named at the end; default) or stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
 
-    pages = discover_pages(args.input)
+    skip = args.on_bad_file == "skip"
+    skipped: list[tuple[Path, str]] = []
+    pages = discover_pages(args.input, bad=skipped if skip else None)
+    for path, reason in skipped:
+        log.warning("skipping %s: %s", path, reason)
     if not pages:
-        raise ValueError(f"no images or PDFs found under {args.input}")
+        raise ValueError(f"no readable images or PDFs found under {args.input}")
+    _persistent_db(args.db, "search")
     store = open_store(args.db)
     try:
         stored = store.layout()["metadata"].get("embedder", {}) if store.exists() else {}
@@ -180,10 +219,11 @@ def _index(argv: list[str] | None) -> int:
         t0, n = time.perf_counter(), 0
         for start in range(0, len(todo), size):
             chunk = todo[start:start + size]
-            images = [load_page(pg, dpi=args.pdf_dpi) for pg, _ in chunk]
-            vectors = emb.embed(images, "passage", dimensions=dimensions, batch_size=size)
-            store.upsert([i for _, i in chunk], list(vectors), [pg.payload() for pg, _ in chunk])
-            n += len(chunk)
+            loaded = _load_pages(chunk, args.pdf_dpi, skip, skipped)
+            if loaded:
+                vectors = emb.embed([im for _, _, im in loaded], "passage", dimensions=dimensions, batch_size=size)
+                store.upsert([i for _, i, _ in loaded], list(vectors), [pg.payload() for pg, _, _ in loaded])
+            n += len(loaded)
             bar.update(len(chunk))
             log.info("indexed %d/%d pages (%.2f pages/s)", len(done) + n, len(pages), n / (time.perf_counter() - t0))
         bar.close()
@@ -191,6 +231,10 @@ def _index(argv: list[str] | None) -> int:
         log.info("done: %d new pages in %.1fs; the store holds %d points", n, time.perf_counter() - t0, total)
     finally:
         store.close()
+    if skipped:
+        names = ", ".join(str(path) for path, _ in skipped[:20]) + (" ..." if len(skipped) > 20 else "")
+        print(f"nemo-eagle index: skipped {len(skipped)} unreadable file(s)/page(s): {names} "
+              "(reasons in the log above; fix them and rerun to add them)", file=sys.stderr)
     return 0
 
 
@@ -206,7 +250,7 @@ def _search(argv: list[str] | None) -> int:
 
     p = argparse.ArgumentParser(prog="nemo-eagle search", description="Search a vector store built by `nemo-eagle index`.")
     _add_model_args(p)
-    p.add_argument("--db", required=True, help="the URI given to `nemo-eagle index`")
+    p.add_argument("--db", required=True, help="the folder or server URL given to `nemo-eagle index`")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--rerank", action="store_true",
                    help="re-score the first --rerank-depth hits by re-embedding their pages with the reranker")
@@ -221,6 +265,7 @@ def _search(argv: list[str] | None) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     depth = max(args.rerank_depth or 4 * args.top_k, args.top_k)
+    _persistent_db(args.db, "search")
     store = open_store(args.db)
     try:
         if not store.exists():
@@ -272,7 +317,7 @@ def _eval(argv: list[str] | None) -> int:
     p.add_argument("--k", default="1,5,10", help="cut-offs, comma separated")
     p.add_argument("--dimensions", type=int)
     p.add_argument("--truncate", choices=("NONE", "START", "END"), default="END")
-    p.add_argument("--output", type=Path, help="also write the metrics JSON here")
+    add_out_arg(p, aliases=("--output",), type=Path, help="also write the metrics JSON here")
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
     try:
@@ -297,8 +342,8 @@ def _eval(argv: list[str] | None) -> int:
     out = {"dataset": str(args.data), "model": str(args.model), "mode": emb.mode, "num_queries": len(query_ids),
            "num_documents": len(doc_ids), "seconds": round(time.perf_counter() - t0, 3), "metrics": metrics}
     text = json.dumps(out, indent=2)
-    if args.output:
-        args.output.write_text(text)
+    if args.out:
+        args.out.write_text(text)
     print(text)
     return 0
 

@@ -45,8 +45,12 @@ def pdf_page_count(path: Path) -> int:
         doc.close()
 
 
-def discover_pages(root: str | Path) -> list[Page]:
-    """All pages under ``root`` (a folder, or a single image / PDF file), in a stable sorted order."""
+def discover_pages(root: str | Path, *, bad: list[tuple[Path, str]] | None = None) -> list[Page]:
+    """All pages under ``root`` (a folder, or a single image / PDF file), in a stable sorted order.
+
+    An unreadable PDF raises a ValueError naming it, or, when ``bad`` is a list, is appended to it as
+    ``(path, reason)`` and skipped.
+    """
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"input {root} does not exist")
@@ -59,7 +63,14 @@ def discover_pages(root: str | Path) -> list[Page]:
         if ext in IMAGE_EXTENSIONS:
             pages.append(Page(rel, f.resolve()))
         elif ext == PDF_EXTENSION:
-            pages += [Page(f"{rel}#page={n}", f.resolve(), n) for n in range(1, pdf_page_count(f) + 1)]
+            try:
+                count = pdf_page_count(f)
+            except ValueError as e:
+                if bad is None:
+                    raise
+                bad.append((f, str(e)))
+                continue
+            pages += [Page(f"{rel}#page={n}", f.resolve(), n) for n in range(1, count + 1)]
     if root.is_file() and not pages:
         raise ValueError(f"{root} is neither an image ({', '.join(sorted(IMAGE_EXTENSIONS))}) nor a PDF")
     return pages

@@ -63,7 +63,7 @@ class QdrantStore:
             from qdrant_client import QdrantClient
         except ImportError as e:
             raise ImportError("the vector store needs qdrant-client: pip install 'nemo-eagle[retrieval]' "
-                              "(or use --db memory:// for an in-process brute-force store)") from e
+                              "(in Python, open_store('memory://') is an in-process brute-force store)") from e
         location = target.get("url") or target.get("path") or target.get("location")
         if "path" in target:
             Path(target["path"]).mkdir(parents=True, exist_ok=True)
