@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verify", action="store_true", help="re-read the output and compare every tensor bitwise")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from nemo_eagle.training.logs import quiet_third_party_logs
+
+    quiet_third_party_logs()
     if args.tp < 1 or args.pp < 1:
         p.error("--tp and --pp must be >= 1")
     src_fmt, dst_fmt = source_format(args.src), target_format(args.dst, args.format)

@@ -66,6 +66,7 @@ def _run(fn: Callable[..., Any], world: int, *args: Any) -> Any:
             return fn(*args)
         finally:
             parallel.shutdown()
+    parallel.require_device()  # fail here with one line, not in every spawned rank
     return parallel.launch(fn, world, *args)[0]
 
 

@@ -24,7 +24,8 @@ def quiet_third_party_logs() -> None:
         logging.getLogger(name).setLevel(level)
     # megatron-core says so once per module on every machine without TE/Apex; precision.py decides (and logs) whether
     # a run needs Transformer Engine, and raises when a requested recipe cannot run.
-    warnings.filterwarnings("ignore", message=r"Transformer Engine and Apex are not installed", category=UserWarning)
+    for message in (r"Transformer Engine and Apex are not installed", r"Apex is not installed"):
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
 
 
 def drop_duplicate_handlers() -> None:
