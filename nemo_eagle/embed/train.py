@@ -278,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--projection-dim", type=int, default=None)
     p.add_argument("--max-tiles", type=int, default=None)
     p.add_argument("--max-length", type=int, default=None)
-    p.add_argument("--dtype", default=None)
+    from nemo_eagle.cli import add_dtype_arg
+
+    add_dtype_arg(p, help_default="the checkpoint's")
     p.add_argument("--temperature", type=float, default=None, help="default: 0.02 single, 1.0 multi")
     for f, default in asdict(ContrastiveConfig()).items():
         if f == "temperature":
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         embedder.save_pretrained(args.out)
         log.info("saved the fine-tuned embedder to %s", args.out)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"embed.train: error: {e}", file=sys.stderr)
+        print(f"nemo-eagle train-embedder: error: {e}", file=sys.stderr)
         return 2
     return 0
 

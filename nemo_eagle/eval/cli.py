@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from nemo_eagle.cli import add_api_key_arg, add_device_arg, add_dtype_arg, add_out_arg
 from nemo_eagle.eval.benchmarks import BENCHMARKS, DataError, get_benchmark, load_items
 from nemo_eagle.eval.predictors import EndpointError, EndpointRefused
 from nemo_eagle.eval.runner import EvalSettings, run_eval
@@ -30,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", type=Path, help="checkpoint folder (HF layout), run in this process")
     src.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
     p.add_argument("--served-model", default=None, help="model name for --endpoint (default: first of /v1/models)")
-    p.add_argument("--api-key", default=None, help="bearer token for --endpoint (default: $OPENAI_API_KEY)")
-    p.add_argument("--out", type=Path, default=Path("eval_out"))
+    add_api_key_arg(p, what="--endpoint")
+    add_out_arg(p, type=Path, default=Path("eval_out"), help="output folder (default: eval_out)")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
     p.add_argument("--split", default=None, help="ScienceQA / MMMU / MMBench split (defaults: test / validation)")
     p.add_argument("--max-tiles", type=int, default=None, help="override the benchmark's tile limit")
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--upscale", dest="upscale", action="store_true", default=None, help="force 2x upscaling")
     up.add_argument("--no-upscale", dest="upscale", action="store_false", help="never upscale")
     p.add_argument("--max-new-tokens", type=int, default=None, help="override the benchmark's answer length")
-    p.add_argument("--device", default="cpu", help="for --model: cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="for --model")
+    add_device_arg(p, default="cpu", help_default="cpu; for --model")
+    add_dtype_arg(p, default="float32", help_default="float32; for --model")
     p.add_argument("--overwrite", action="store_true", help="discard predictions of an earlier, different run")
     p.add_argument("-v", "--verbose", action="store_true")
     return p

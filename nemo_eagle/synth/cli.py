@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from nemo_eagle.cli import add_api_key_arg
 from nemo_eagle.synth.filters import LANGUAGE_SCRIPTS, FilterConfig
 from nemo_eagle.synth.imagehash import HASHES
 from nemo_eagle.synth.pipeline import SynthSettings, run_synth
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds; doubles each retry")
     p.add_argument("--rate-limit", type=float, default=0.0, help="max requests per second (0: unlimited)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY)")
+    add_api_key_arg(p, what="the teacher endpoint")
     p.add_argument("--cache-dir", type=Path, default=None, help="response cache (default: OUT/cache)")
     p.add_argument("--retry-errors", action="store_true", help="ask again for samples journaled as final errors")
     p.add_argument("--no-verify", action="store_true", help="skip the verifier call (no answer-consistency filter)")
