@@ -77,3 +77,25 @@ def test_streaming_chat_never_prints_runs_of_blank_lines(tiny_ckpt, capsys, monk
     monkeypatch.setattr(EagleModel, "stream", lambda self, **kw: iter(["\n"] * 256 + ["42", "\n\n\n\n", "."]))
     assert main(["chat", "--model", str(tiny_ckpt), "--image", "example", "--max-tiles", "1", "hi"]) == 0
     assert capsys.readouterr().out == "42\n\n.\n"
+
+
+def _extras(command: str) -> set[str]:
+    m = re.search(r'pip install (?:-q )?-e "\.\[([^\]]*)\]"', command)
+    assert m, f"no editable install in {command!r}"
+    return set(m.group(1).split(","))
+
+
+def test_readme_ci_and_pyproject_agree_on_the_extras():
+    import tomllib
+
+    declared = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    setup = readme_setup_commands()[0]
+    ci = (REPO / ".ci" / "run").read_text()
+    readme_extras, ci_extras = _extras(setup), _extras(ci)
+    assert readme_extras <= declared and ci_extras <= declared
+    assert readme_extras <= ci_extras, "CI installs at least what the README's command installs"
+    assert "--index-url https://download.pytorch.org/whl/cpu" in setup  # a plain index gives the CUDA build
+    assert "torch==2.13.0" in setup and "torch==2.13.0" in ci
+    readme = (REPO / "README.md").read_text()
+    for extra in declared:
+        assert f"| `{extra}` |" in readme, f"the README's extras table does not describe {extra!r}"

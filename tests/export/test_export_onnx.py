@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-pytest.importorskip("onnxruntime", reason="the kernels extra (onnx, onnxruntime) is not installed")
+pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
 pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript")
 
 
