@@ -11,7 +11,7 @@ scores / temperature with the query's own positive as the target. Copies of a qu
 the batch are masked rather than counted as negatives. LoRA (peft) on the LLM is optional; it is merged into
 the weights before saving, so the output is a plain checkpoint ``EagleEmbedder.from_pretrained`` loads.
 
-    python -m nemo_eagle.embed.train --model nvidia/Eagle2-1B --data train.jsonl --out ckpt/ --mode multi --lora
+    nemo-eagle train-embedder --model nvidia/Eagle2-1B --data train.jsonl --out ckpt/ --mode multi --lora
 """
 
 from __future__ import annotations
