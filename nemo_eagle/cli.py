@@ -36,15 +36,10 @@ def add_api_key_arg(p: Any, *, what: str = "the endpoint") -> None:
 
 
 def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
+    from nemo_eagle._version import __version__
 
-    from nemo_eagle import __version__
+    return __version__
 
-    try:
-        return dist_version("nemo-eagle")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        return __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:function, one-line help)
