@@ -32,14 +32,19 @@ def _fallback_checkpoint() -> Path:
 
     root = Path(os.environ.get("NIM_CACHE_PATH") or Path.home() / ".cache" / "nemo_eagle") / FALLBACK_NAME
     if not (root / "model.safetensors").exists():
-        tmp = root.with_name(root.name + ".partial")
+        import shutil
+        import tempfile
+
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))  # built aside, then moved in whole
         create_tiny(tmp)
         make_input_sensitive(tmp)
-        if root.exists():  # a torn earlier attempt
-            import shutil
-
-            shutil.rmtree(root)
-        tmp.rename(root)
+        if root.exists() and not (root / "model.safetensors").exists():
+            shutil.rmtree(root)  # a torn earlier attempt
+        try:
+            tmp.rename(root)
+        except OSError:  # another process moved its copy in first
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"[nemo-eagle] using {root}\n[nemo-eagle] {RANDOM_LABEL} The answer below is random text, not a reading "
           "of the image: it only shows that the pipeline runs.", file=sys.stderr)
     return root
