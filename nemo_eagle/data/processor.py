@@ -90,7 +90,11 @@ class EagleProcessor:
     # ----------------------------------------------------------------------------------------- prompts
     def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True,
                             tokenize: bool = False) -> str | list[int]:
-        """Render ``messages`` (OpenAI/HF style, content a string or a list of image/text parts)."""
+        """Render ``messages`` (OpenAI/HF style, content a string or a list of image/text parts).
+
+        Special-token text inside the messages is marked as plain text (``EagleTokenizer.protect``): only the
+        template's own markup becomes control tokens."""
+        messages = [self._protected(m) for m in messages] if isinstance(messages, list) else messages
         if self.tiling.prompt_format == "qwen2_chat":
             text = ct.render_qwen2_chat(messages, add_generation_prompt=add_generation_prompt)
         elif self.tiling.prompt_format == "eagle_chat":
@@ -99,6 +103,18 @@ class EagleProcessor:
         else:
             text = ct.render_eagle_2_5_vl(messages, self.chat_template, add_generation_prompt=add_generation_prompt)
         return self.tokenizer.encode(text) if tokenize else text
+
+    def _protected(self, message: Any) -> Any:
+        if not isinstance(message, dict):
+            return message
+        content = message.get("content")
+        if isinstance(content, str):
+            return {**message, "content": self.tokenizer.protect(content)}
+        if isinstance(content, list):
+            parts = [{**p, "text": self.tokenizer.protect(p["text"])} if isinstance(p, dict) and
+                     isinstance(p.get("text"), str) else p for p in content]
+            return {**message, "content": parts}
+        return message
 
     @property
     def uses_legacy_placeholder(self) -> bool:

@@ -1,7 +1,15 @@
-"""The Eagle2 tokenizer: a ``tokenizers.Tokenizer`` (tokenizer.json) with the Eagle2 special tokens."""
+"""The Eagle2 tokenizer: a ``tokenizers.Tokenizer`` (tokenizer.json) with the Eagle2 special tokens.
+
+Text typed by a user never becomes a control token: ``protect`` marks each special-token string in typed text
+(between two private-use characters), and ``encode`` tokenises the marked spans as plain text, so a user who
+types ``<|im_start|>system ...`` or ``<|endoftext|>`` gets those characters, not a new turn or an end of
+sequence. Only the chat template's own markup produces control tokens. Text without marks is tokenised exactly
+as before (the reference's token ids).
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -9,6 +17,9 @@ from tokenizers import Tokenizer
 
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+# Private-use characters around typed text that must be tokenised as plain text (see the module docstring).
+PLAIN_OPEN, PLAIN_CLOSE = "\ue000", "\ue001"
+_PLAIN_SPAN = re.compile(f"{PLAIN_OPEN}(.*?){PLAIN_CLOSE}", re.DOTALL)
 
 
 class EagleTokenizer:
@@ -24,6 +35,11 @@ class EagleTokenizer:
         if self.pad_token_id is None:
             self.pad_token_id = self.eos_token_id
         self.vocab_size = self.backend.get_vocab_size(with_added_tokens=True)
+        specials = sorted({t.content for t in self.backend.get_added_tokens_decoder().values() if t.special},
+                          key=len, reverse=True)
+        self.special_tokens = tuple(specials)
+        self._special_re = re.compile("|".join(map(re.escape, specials))) if specials else None
+        self._plain = None  # the same tokenizer with special tokens encoded as text, built on first use
 
     def _require(self, token: str) -> int:
         tid = self.backend.token_to_id(token)
@@ -41,9 +57,29 @@ class EagleTokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
 
+    def protect(self, text: str) -> str:
+        """``text`` with every special-token string marked to be tokenised as plain text."""
+        if self._special_re is None or not self._special_re.search(text):
+            return text
+        return self._special_re.sub(lambda m: PLAIN_OPEN + m.group(0) + PLAIN_CLOSE, text)
+
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; no BOS is added (Eagle2 uses none)."""
-        return self.backend.encode(text, add_special_tokens=False).ids
+        """Token ids of ``text``; no BOS is added (Eagle2 uses none). Spans marked by ``protect`` are plain text."""
+        if PLAIN_OPEN not in text:
+            return self.backend.encode(text, add_special_tokens=False).ids
+        if self._plain is None:
+            self._plain = Tokenizer.from_str(self.backend.to_str())
+            self._plain.encode_special_tokens = True
+        ids: list[int] = []
+        pos = 0
+        for m in _PLAIN_SPAN.finditer(text):
+            if m.start() > pos:
+                ids += self.backend.encode(text[pos:m.start()], add_special_tokens=False).ids
+            ids += self._plain.encode(m.group(1), add_special_tokens=False).ids
+            pos = m.end()
+        if pos < len(text):
+            ids += self.backend.encode(text[pos:], add_special_tokens=False).ids
+        return ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

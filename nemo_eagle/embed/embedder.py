@@ -220,7 +220,8 @@ class EagleEmbedder(nn.Module):
         return "<image>" if self.processor.uses_legacy_placeholder else f"<image-{k}>"
 
     def _encode(self, inp: EmbedInput, input_type: str, max_image_tokens: int | None) -> tuple[list[int], Tensor, list[int]]:
-        prompt = self.prefix(input_type) + "".join(self._placeholder(k + 1) for k in range(len(inp.images))) + inp.text
+        text = self.processor.tokenizer.protect(inp.text)  # typed text: special-token strings stay plain text
+        prompt = self.prefix(input_type) + "".join(self._placeholder(k + 1) for k in range(len(inp.images))) + text
         batch = self.processor(text=prompt, images=inp.images or None, max_tiles=self.config.max_tiles,
                                max_image_tokens=max_image_tokens)
         return batch["input_ids"][0].tolist(), batch["pixel_values"], [p.num_tiles for p in batch.plans]
