@@ -123,7 +123,8 @@ async def bounded(requests, concurrency: int, max_seconds: float, one) -> Result
                 return
             t0 = time.perf_counter()
             try:
-                tokens += await one(req)
+                n = await one(req)  # NOTE: `tokens += await ...` would read `tokens` before the await
+                tokens += n
                 latencies.append(time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - counted and reported
                 errors += 1

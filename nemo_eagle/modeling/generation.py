@@ -1,22 +1,30 @@
 """Autoregressive decoding for EagleModel: KV cache, greedy / seeded sampling, stop strings, streaming.
 
-The first step runs the LM on the merged text+image embeddings; later steps feed one token per row with the
-cache. ``use_cache=False`` recomputes the whole sequence each step (the oracle the cache is tested against).
+The first step runs the LM on the merged text+image embeddings and computes logits at the last position only
+(``logits_to_keep=1``); later steps feed one token per row with the cache. ``use_cache=False`` recomputes the
+whole sequence each step (the oracle the cache is tested against). Stop strings follow the one rule of
+``modeling.detokenizer`` (shared with the server).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from nemo_eagle.modeling.detokenizer import Detokenizer
 from nemo_eagle.modeling.lm_io import cache_kwargs, output_cache, positions_from_mask
 
 if TYPE_CHECKING:
     from nemo_eagle.modeling.eagle import EagleModel
+
+
+def eos_set(cfg: GenerationConfig) -> set[int]:
+    return set([cfg.eos_token_id] if isinstance(cfg.eos_token_id, int) else list(cfg.eos_token_id or []))
 
 
 @dataclass(kw_only=True)
@@ -85,9 +93,9 @@ def iter_tokens(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | N
     b = input_ids.shape[0]
     mask = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).to(device)
     generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
-    eos = set([cfg.eos_token_id] if isinstance(cfg.eos_token_id, int) else list(cfg.eos_token_id or []))
+    eos = eos_set(cfg)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
-    texts = [""] * b
+    detok = [Detokenizer(model.tokenizer, cfg.stop_strings) for _ in range(b)] if cfg.stop_strings else []
     embeds = model.embed_inputs(input_ids, pixel_values.to(device) if pixel_values is not None else None)
     positions = positions_from_mask(mask)
     cache = None
@@ -100,12 +108,10 @@ def iter_tokens(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | N
         nxt = sample_next(out.logits[:, -1, :], cfg, generator)
         nxt = torch.where(finished, torch.full_like(nxt, cfg.pad_token_id), nxt)
         done_now = torch.tensor([int(t) in eos for t in nxt.tolist()], device=device) & ~finished
-        if cfg.stop_strings:
-            for i in range(b):
-                if not finished[i] and not done_now[i]:
-                    texts[i] += model.tokenizer.decode([int(nxt[i])], skip_special_tokens=False)
-                    if any(s in texts[i] for s in cfg.stop_strings):
-                        done_now[i] = True
+        for i, d in enumerate(detok):
+            if not finished[i] and not done_now[i]:
+                d.add(int(nxt[i]))
+                done_now[i] = d.stopped
         yield nxt, finished | done_now
         finished |= done_now
         if bool(finished.all()):
@@ -131,10 +137,28 @@ def _decode_attention(device: torch.device):
 def _step(model: EagleModel, cfg: GenerationConfig, step_embeds: Tensor, step_pos: Tensor, mask: Tensor, cache: Any,
           embeds: Tensor, positions: Tensor) -> Any:
     """One LM call: the new token(s) against the cache, or the whole sequence again without one."""
+    last = last_logits_kwargs(model.language_model)  # prefill: the other prompt positions need no logits
     if cfg.use_cache:
         return model.language_model(inputs_embeds=step_embeds, attention_mask=mask, position_ids=step_pos,
-                                    use_cache=True, **cache_kwargs(model.language_model, cache))
-    return model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+                                    use_cache=True, **cache_kwargs(model.language_model, cache), **last)
+    return model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
+                                **last)
+
+
+_LOGITS_ARG: dict[type, str | None] = {}
+
+
+def last_logits_kwargs(language_model: Any) -> dict[str, int]:
+    """Keyword asking a transformers causal LM for the last position's logits only (``logits_to_keep`` in 5.x,
+    ``num_logits_to_keep`` in some 4.x models; none: all positions)."""
+    kind = type(language_model)
+    if kind not in _LOGITS_ARG:
+        import inspect
+
+        params = inspect.signature(kind.forward).parameters
+        _LOGITS_ARG[kind] = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None)
+    name = _LOGITS_ARG[kind]
+    return {name: 1} if name else {}
 
 
 def generate(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | None = None,
@@ -152,13 +176,13 @@ def generate(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | None
 
 
 def _truncate_at_stop(model: EagleModel, ids: Tensor, cfg: GenerationConfig) -> Tensor:
-    """Pad out the tokens after the one completing a stop string (the stop text itself is kept)."""
+    """Pad out the tokens after the one completing a stop string (ids cannot be cut inside that token)."""
     out = ids.clone()
     for i in range(ids.shape[0]):
-        text = ""
+        d = Detokenizer(model.tokenizer, cfg.stop_strings)
         for j, t in enumerate(ids[i].tolist()):
-            text += model.tokenizer.decode([t], skip_special_tokens=False)
-            if any(s in text for s in cfg.stop_strings):
+            d.add(t)
+            if d.stopped:
                 out[i, j + 1:] = cfg.pad_token_id
                 break
     return out
@@ -166,27 +190,23 @@ def _truncate_at_stop(model: EagleModel, ids: Tensor, cfg: GenerationConfig) -> 
 
 def stream_text(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | None = None,
                 pixel_values: Tensor | None = None, **kwargs: Any) -> Iterator[str]:
-    """Decoded text pieces of a single prompt, as they become printable (multi-byte characters held back)."""
+    """Decoded text pieces of a single prompt, as they become printable (multi-byte characters held back; the
+    text ends before a stop string, see ``modeling.detokenizer``)."""
     if input_ids.shape[0] != 1:
         raise ValueError(f"streaming takes one prompt, got a batch of {input_ids.shape[0]}")
     if model.tokenizer is None:
         raise ValueError("streaming needs a tokenizer: load the model from a checkpoint with tokenizer.json")
     cfg = make_config(model, kwargs)
-    eos = set([cfg.eos_token_id] if isinstance(cfg.eos_token_id, int) else list(cfg.eos_token_id or []))
-    ids: list[int] = []
-    emitted = ""
-    for nxt, finished in iter_tokens(model, input_ids, attention_mask, pixel_values, cfg):
+    eos = eos_set(cfg)
+    detok = Detokenizer(model.tokenizer, cfg.stop_strings or ())
+    for nxt, _ in iter_tokens(model, input_ids, attention_mask, pixel_values, cfg):
         t = int(nxt[0])
-        if t not in eos:
-            ids.append(t)
-        text = model.tokenizer.decode(ids)
-        if cfg.stop_strings:
-            cut = min((text.find(s) + len(s) for s in cfg.stop_strings if s in text), default=-1)
-            text = text[:cut] if cut >= 0 else text
-        if text.endswith("\ufffd") and not bool(finished[0]):
-            continue  # an incomplete UTF-8 sequence: wait for the next token
-        if len(text) > len(emitted):
-            yield text[len(emitted):]
-            emitted = text
-        if bool(finished[0]):
+        if t in eos:
+            break
+        piece = detok.add(t)
+        if piece:
+            yield piece
+        if detok.stopped:
             return
+    if tail := detok.flush():
+        yield tail
