@@ -1,163 +1,70 @@
-"""The one place where a chat request becomes model inputs and generated text, for every backend.
+"""The one place where a chat request becomes model inputs, for every backend.
 
 ``Engine.plan`` (REST front, tokenizer only): render the prompt, count its tokens, and shrink the tiling until
-prompt + completion fit the context. ``Engine.run_batch`` (inside Triton, or in-process): preprocess through
-``EagleProcessor``, decode a batch of jobs together with ``generation.iter_tokens``, and stream text per job.
+prompt + completion fit the context; the plans travel with the job. ``Engine.prepare`` (model side): decode the
+images under the server's pixel limit, apply the front's plans (a mismatch is an error), tile and tokenise.
+Generation: ``Engine.scheduler()`` (continuous batching, ``scheduler.py``) or ``Engine.run_batch`` (static
+batching: a group decodes together until its longest job ends, kept to compare against).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from nemo_eagle.data.images import ImageError
+from nemo_eagle.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from nemo_eagle.data.padding import pad_rows
 from nemo_eagle.data.processor import IMG_CONTEXT, IMG_END, IMG_START, EagleProcessor
+from nemo_eagle.modeling.detokenizer import Detokenizer
+from nemo_eagle.serve.engine.vision_cache import image_key
+from nemo_eagle.serve.engine.wire import EngineError, GenerationEvent, GenerationJob, RequestPlan
 from nemo_eagle.tiling import TilePlan, fit_plans_to_budget
 
 log = logging.getLogger(__name__)
 
-MAX_CHAR_TOKENS = 4  # byte-level tokens one UTF-8 character can span
 RESERVED_MARKUP = (IMG_CONTEXT, IMG_START, IMG_END)  # only the processor writes these
 
 
-class EngineError(Exception):
-    """A request the model cannot serve, with the HTTP status and OpenAI error code the front answers with."""
+@dataclass
+class PreparedJob:
+    """A job's model inputs: its prompt ids, and per image the tiles, the plan applied and the cache key."""
 
-    def __init__(self, message: str, *, status: int = 400, code: str = "invalid_request", param: str | None = None):
-        super().__init__(message)
-        self.message, self.status, self.code, self.param = message, status, code, param
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"message": self.message, "status": self.status, "code": self.code, "param": self.param}
-
-
-@dataclass(kw_only=True)
-class GenerationJob:
-    """One completion to generate: what the front sends to a backend (JSON header + encoded image files)."""
-
-    request_id: str
-    prompt: str  # the rendered chat prompt, image placeholders not yet expanded
-    max_tiles: int | None  # tile limit to apply, already lowered to fit the context
-    max_new_tokens: int
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    stream: bool = True  # False: only the first and the last event (less traffic for non-streaming requests)
-    images: list[bytes] = field(default_factory=list, repr=False)
-
-    def header(self) -> bytes:
-        d = asdict(self)
-        d.pop("images")
-        return json.dumps(d).encode()
-
-    @classmethod
-    def from_wire(cls, header: bytes, images: list[bytes]) -> GenerationJob:
-        return cls(**json.loads(header), images=list(images))
+    input_ids: Tensor  # (1, L)
+    pixels: list[Tensor]  # per image (tiles, 3, S, S)
+    plans: list[TilePlan]
+    image_keys: list[tuple]
 
     @property
-    def group_key(self) -> tuple:
-        """Jobs with the same key decode together; seeded jobs run alone so a seed reproduces its answer."""
-        if self.temperature == 0:
-            return ("greedy",)
-        if self.seed is not None:
-            return ("seeded", self.request_id)
-        return ("sample", self.temperature, self.top_p)
-
-
-@dataclass(kw_only=True)
-class GenerationEvent:
-    """A piece of one job's output. The first event of a job carries its prompt size and tiling plans."""
-
-    text: str = ""
-    finish_reason: str | None = None  # stop | length | cancelled | error
-    completion_tokens: int = 0
-    prompt_tokens: int | None = None
-    batch_size: int | None = None
-    tiling: list[dict[str, Any]] | None = None
-    error: dict[str, Any] | None = None
-
-    def to_json(self) -> bytes:
-        return json.dumps({k: v for k, v in asdict(self).items() if v not in (None, "")}).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> GenerationEvent:
-        return cls(**json.loads(data))
-
-
-@dataclass
-class RequestPlan:
-    """What ``Engine.plan`` decided for one request."""
-
-    prompt: str
-    prompt_tokens: int
-    max_tiles: int | None  # the limit to send to the backend (None when there are no images)
-    max_new_tokens: int
-    plans: list[TilePlan]
+    def prompt_tokens(self) -> int:
+        return int(self.input_ids.shape[1])
 
     @property
     def tiling(self) -> list[dict[str, Any]]:
         return [p.to_dict() for p in self.plans]
 
 
-class Detokenizer:
-    """Incremental decoding of one row: printable text only (no half UTF-8 characters), stop strings cut off
-    (OpenAI semantics: the stop sequence is not returned) and never half-emitted."""
-
-    def __init__(self, tokenizer: Any, stop: list[str]):
-        self.tokenizer, self.stop = tokenizer, stop
-        self.ids: list[int] = []
-        self.prefix = self.read = 0  # decode window: ids[prefix:read] is already reflected in `text`
-        self.text = ""
-        self.emitted = 0
-        self.stopped = False
-
-    def add(self, token_id: int) -> str:
-        """Feed one generated token; return the newly printable text (possibly empty)."""
-        self.ids.append(token_id)
-        before = self.tokenizer.decode(self.ids[self.prefix:self.read])
-        after = self.tokenizer.decode(self.ids[self.prefix:])
-        # Wait for the rest of a multi-byte character, but not forever: a UTF-8 character spans at most
-        # MAX_CHAR_TOKENS byte tokens, so after that the bytes are invalid and come out as U+FFFD.
-        if len(after) > len(before) and (not after.endswith("\ufffd") or len(self.ids) - self.read >= MAX_CHAR_TOKENS):
-            self.text += after[len(before):]
-            self.prefix, self.read = self.read, len(self.ids)
-        self._find_stop()
-        return self._release(final=self.stopped)
-
-    def flush(self) -> str:
-        """Everything not yet returned, including a trailing incomplete character (as U+FFFD)."""
-        if self.read < len(self.ids) and not self.stopped:
-            before = self.tokenizer.decode(self.ids[self.prefix:self.read])
-            self.text += self.tokenizer.decode(self.ids[self.prefix:])[len(before):]
-            self.prefix = self.read = len(self.ids)
-            self._find_stop()
-        return self._release(final=True)
-
-    def _find_stop(self) -> None:
-        hits = [at for at in (self.text.find(s) for s in self.stop) if at >= 0]
-        if hits:
-            self.text, self.stopped = self.text[:min(hits)], True
-
-    def _release(self, final: bool) -> str:
-        safe = len(self.text)
-        if not final:  # hold back a tail that could still become a stop sequence
-            for s in self.stop:
-                for k in range(min(len(s) - 1, len(self.text)), 0, -1):
-                    if self.text.endswith(s[:k]):
-                        safe = min(safe, len(self.text) - k)
-                        break
-        out = self.text[self.emitted:safe] if safe > self.emitted else ""
-        self.emitted = max(self.emitted, safe)
-        return out
+def plan_from_dict(d: dict[str, Any], *, tile_size: int, tokens_per_tile: int, max_tiles: int) -> TilePlan:
+    """The front's plan of one image, checked for self-consistency (not re-planned: it is applied as sent)."""
+    try:
+        cols, rows = (int(x) for x in d["grid"])
+        num_tiles, width, height = int(d["num_tiles"]), int(d["width"]), int(d["height"])
+        limit, requested = int(d.get("max_tiles", cols * rows)), int(d.get("requested_max_tiles", cols * rows))
+    except (KeyError, TypeError, ValueError) as e:
+        raise EngineError(f"malformed tiling plan {d!r}: {e}", param="tiling") from e
+    if cols < 1 or rows < 1 or cols * rows > max_tiles or num_tiles not in (cols * rows, cols * rows + 1):
+        raise EngineError(f"tiling plan {d!r} is not a valid grid of at most {max_tiles} tiles", param="tiling")
+    if num_tiles == cols * rows + 1 and cols * rows == 1:
+        raise EngineError(f"tiling plan {d!r}: a single tile has no thumbnail", param="tiling")
+    return TilePlan(width=width, height=height, grid=(cols, rows), num_tiles=num_tiles, tile_size=tile_size,
+                    use_thumbnail=num_tiles != cols * rows, max_tiles=limit, requested_max_tiles=requested,
+                    tokens_per_tile=tokens_per_tile)
 
 
 class Engine:
@@ -174,19 +81,22 @@ class Engine:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, load_model: bool = True, device: str | None = None,
-                        dtype: str | None = None, max_model_len: int | None = None) -> Engine:
+                        dtype: str | None = None, max_model_len: int | None = None, kernels: str = "auto") -> Engine:
+        """``kernels`` (auto | torch | triton) picks the tiling op; on a GPU the model side tiles there."""
         from nemo_eagle.checkpoint import open_checkpoint
 
         ckpt = open_checkpoint(path)
         path, cfg = ckpt.path, ckpt.config
-        processor = EagleProcessor.from_contract(ckpt.contract_dir, cfg)
+        if load_model:
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tile_on = device if load_model and str(device).startswith("cuda") else None
+        processor = EagleProcessor.from_contract(ckpt.contract_dir, cfg, kernels=kernels, device=tile_on)
         limit = max_model_len or cfg.llm.max_position_embeddings
         embedder_config = ckpt.embedder_config()
         model = None
         if load_model:
             from nemo_eagle.modeling.eagle import EagleModel
 
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
             model = EagleModel.from_pretrained(path, dtype=dtype, device=device)
             log.info("engine ready: %s on %s (%s), context %d tokens", path, device, dtype, limit)
@@ -246,6 +156,44 @@ class Engine:
                            max_new_tokens=new_tokens, plans=plans)
 
     # ----------------------------------------------------------------------------------------- model side
+    def prepare(self, job: GenerationJob) -> PreparedJob:
+        """Decode, check, tile and tokenise one job's inputs. Raises ``EngineError`` (400/413) for bad input."""
+        proc = self.processor
+        limit = job.max_image_pixels or DEFAULT_MAX_PIXELS
+        try:
+            tensors = [load_image(data, name=f"image {i}", max_pixels=limit) for i, data in enumerate(job.images)]
+        except ImageError as e:
+            too_big = "exceeds the limit" in str(e)
+            raise EngineError(str(e), status=413 if too_big else 400,
+                              code="image_too_large" if too_big else "invalid_image") from e
+        if job.tiling is None:  # a caller without a plan (tests, tools): plan here, the same function the front uses
+            plans = [proc.plan(x, max_tiles=job.max_tiles) for x in tensors]
+        else:
+            if len(job.tiling) != len(tensors):
+                raise EngineError(f"{len(job.tiling)} tiling plans for {len(tensors)} images", param="tiling")
+            t = proc.tiling
+            plans = [plan_from_dict(d, tile_size=t.tile_size, tokens_per_tile=proc.tokens_per_tile,
+                                    max_tiles=max(t.max_tiles, job.max_tiles or 0)) for d in job.tiling]
+            for i, (x, p) in enumerate(zip(tensors, plans)):
+                if (int(x.shape[-1]), int(x.shape[-2])) != (p.width, p.height):
+                    raise EngineError(f"image {i}: the tiling plan is for a {p.width}x{p.height} image but the image "
+                                      f"decodes to {int(x.shape[-1])}x{int(x.shape[-2])}", param="tiling")
+        n = proc.count_image_placeholders(job.prompt)
+        if n != len(tensors):
+            raise EngineError(f"the prompt has {n} image placeholders but {len(tensors)} images were given")
+        pixels = [proc.tile(x, p) for x, p in zip(tensors, plans)]
+        ids = proc.tokenizer.encode(proc.expand_prompt(job.prompt, [p.num_tiles for p in plans]))
+        keys = [image_key(data, p) for data, p in zip(job.images, plans)]
+        return PreparedJob(torch.tensor([ids], dtype=torch.long), pixels, plans, keys)
+
+    def scheduler(self, **kwargs: Any) -> Any:
+        """A continuous-batching ``Scheduler`` over this engine's model (see ``scheduler.py`` for the options)."""
+        from nemo_eagle.serve.engine.scheduler import Scheduler
+
+        if self.model is None:
+            raise RuntimeError("this Engine was built without a model (load_model=False)")
+        return Scheduler(self, **kwargs)
+
     def run_batch(self, jobs: list[GenerationJob],
                   cancelled: Callable[[int], bool] | None = None) -> Iterator[tuple[int, GenerationEvent]]:
         """Generate every job, yielding ``(job index, event)``; each job ends with one event with a finish_reason.
@@ -259,13 +207,12 @@ class Engine:
         ready: dict[tuple, list[tuple[int, GenerationJob, Any]]] = {}
         for i, job in enumerate(jobs):
             try:
-                batch = self.processor(text=job.prompt, images=job.images, max_tiles=job.max_tiles)
-            except (ImageError, EngineError, ValueError) as e:
-                err = e if isinstance(e, EngineError) else EngineError(str(e), code="invalid_image" if
-                                                                      isinstance(e, ImageError) else "invalid_request")
+                batch = self.prepare(job)
+            except (EngineError, ValueError) as e:
+                err = e if isinstance(e, EngineError) else EngineError(str(e))
                 yield i, GenerationEvent(finish_reason="error", error=err.to_dict())
                 continue
-            length = int(batch["input_ids"].shape[1])
+            length = batch.prompt_tokens
             if length + job.max_new_tokens > self.max_model_len:
                 err = EngineError(f"prompt of {length} tokens + max_tokens={job.max_new_tokens} exceeds the context "
                                   f"of {self.max_model_len} tokens", code="context_length_exceeded")
@@ -316,10 +263,10 @@ class Engine:
             raise EngineError(str(e), code="invalid_input", param="input") from e
         raise EngineError(f"unknown task {kind!r}")
 
-    def _collate(self, batches: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _collate(self, batches: list[PreparedJob]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Left-pad single-prompt batches into one (B, L) batch; tiles stay in row order."""
-        ids, mask = pad_rows([b["input_ids"][0] for b in batches], self.tokenizer.pad_token_id, side="left")
-        pixels = [b["pixel_values"] for b in batches if b["pixel_values"].numel()]
+        ids, mask = pad_rows([b.input_ids[0] for b in batches], self.tokenizer.pad_token_id, side="left")
+        pixels = [p for b in batches for p in b.pixels]
         pixel_values = torch.cat(pixels).to(self.model.dtype) if pixels else None
         return ids, mask, pixel_values
 
@@ -350,8 +297,7 @@ class Engine:
             kw: dict[str, Any] = {}
             if not started[r]:
                 started[r] = True
-                kw.update(prompt_tokens=int(batch["attention_mask"].sum()), batch_size=len(group),
-                          tiling=[p.to_dict() for p in batch.plans])
+                kw.update(prompt_tokens=batch.prompt_tokens, batch_size=len(group), tiling=batch.tiling)
             if finish_reason is not None:
                 active[r] = False
             text, held[r] = held[r] + text, ""

@@ -1,0 +1,118 @@
+"""The model side of the engine: images -> features (through the vision cache), prompt embeddings, a prompt
+chunk prefilled into a cache slot, and one decode step over every running sequence, each returning logits at
+the sampled positions only. No scheduling here (``scheduler.py`` decides what runs)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nemo_eagle.modeling.generation import GenerationConfig, last_logits_kwargs, sample_next
+from nemo_eagle.serve.engine.kv_cache import CacheShape, SlotKVCache
+from nemo_eagle.serve.engine.vision_cache import VisionCache
+
+
+class ModelRunner:
+    def __init__(self, model: Any, cache: SlotKVCache, vision_cache: VisionCache | None = None):
+        self.model, self.cache, self.vision_cache = model, cache, vision_cache
+        self.lm = model.language_model
+        self.device, self.dtype = model.device, model.dtype
+        self.bool_mask = getattr(self.lm.config, "_attn_implementation", "sdpa") != "eager"
+        self.logits_kw = last_logits_kwargs(self.lm)
+        from nemo_eagle.modeling.eagle import cache_kwargs
+
+        self._cache_kwargs = lambda view: cache_kwargs(self.lm, view)
+        self.vision_seconds = 0.0  # time spent in the vision tower (misses only)
+
+    @classmethod
+    def build(cls, model: Any, *, max_len: int, memory_bytes: int | None, max_num_seqs: int | None,
+              vision_cache_bytes: int = 0) -> ModelRunner:
+        from nemo_eagle.serve.engine.kv_cache import slots_for_budget
+
+        shape = CacheShape.of(model.language_model.config, max_len, model.dtype)
+        slots = slots_for_budget(shape, memory_bytes=memory_bytes, max_num_seqs=max_num_seqs)
+        cache = SlotKVCache(shape, slots, model.device)
+        return cls(model, cache, VisionCache(vision_cache_bytes) if vision_cache_bytes > 0 else None)
+
+    # ------------------------------------------------------------------------------------------ inputs
+    @torch.inference_mode()
+    def image_features(self, pixels: Sequence[Tensor], keys: Sequence[tuple | None]) -> Tensor | None:
+        """Per-image tiles (T_i, 3, S, S) -> their projected tokens, concatenated (sum T_i * tokens, H).
+        Images found in the vision cache skip the tower; the misses are encoded together."""
+        if not pixels:
+            return None
+        found: list[Tensor | None] = [self.vision_cache.get(k) if self.vision_cache is not None and k is not None
+                                      else None for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            t0 = time.perf_counter()
+            batch = torch.cat([pixels[i] for i in missing]).to(self.device, self.dtype)
+            feats = self.model.get_image_features(batch)  # (tiles, tokens, H)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            spent = time.perf_counter() - t0
+            self.vision_seconds += spent
+            total_tiles = sum(int(pixels[i].shape[0]) for i in missing)
+            at = 0
+            for i in missing:
+                n = int(pixels[i].shape[0])
+                found[i] = feats[at:at + n]
+                at += n
+                if self.vision_cache is not None and keys[i] is not None:
+                    self.vision_cache.put(keys[i], found[i], spent * n / total_tiles)
+        return torch.cat([f.reshape(-1, f.shape[-1]) for f in found])
+
+    @torch.inference_mode()
+    def embed(self, input_ids: Tensor, features: Tensor | None) -> Tensor:
+        """(1, L) ids + image features -> (1, L, H) embeddings (``EagleModel``'s merge)."""
+        ids = input_ids.to(self.device)
+        embeds = self.lm.get_input_embeddings()(ids)
+        if features is None:
+            return embeds
+        return self.model.merge_impl(embeds, ids, features, self.model.image_token_id)
+
+    # ------------------------------------------------------------------------------------------- steps
+    def _mask(self, allowed: Tensor) -> Tensor:
+        """(B, 1, Q, K) bool 'may attend' -> what this attention implementation takes."""
+        if self.bool_mask:
+            return allowed
+        return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill(
+            ~allowed, torch.finfo(self.dtype).min)
+
+    @torch.inference_mode()
+    def prefill(self, slot: int, embeds: Tensor, start: int) -> Tensor:
+        """Write a prompt chunk (1, n, H) at positions start.. of ``slot``; logits of its last position (V,)."""
+        n = embeds.shape[1]
+        pos = torch.arange(start, start + n, device=self.device)
+        keys = torch.arange(start + n, device=self.device)
+        allowed = (keys[None, :] <= pos[:, None])[None, None]  # (1, 1, n, start + n) causal with an offset
+        out = self.lm(inputs_embeds=embeds.to(self.device), attention_mask=self._mask(allowed),
+                      position_ids=pos[None], use_cache=True,
+                      **self._cache_kwargs(self.cache.prefill_view(slot, start)), **self.logits_kw)
+        return out.logits[0, -1]
+
+    @torch.inference_mode()
+    def decode(self, slots: list[int], tokens: Tensor, lengths: Tensor) -> Tensor:
+        """One token per sequence: row i is ``tokens[i]`` at position ``lengths[i]`` of ``slots[i]``. (B, V)."""
+        tokens, lengths = tokens.to(self.device), lengths.to(self.device)
+        view = self.cache.decode_view(slots, lengths)
+        keys = torch.arange(view.kv_len, device=self.device)
+        allowed = (keys[None, :] <= lengths[:, None])[:, None, None, :]  # (B, 1, 1, kv_len)
+        embeds = self.lm.get_input_embeddings()(tokens[:, None])
+        out = self.lm(inputs_embeds=embeds, attention_mask=self._mask(allowed), position_ids=lengths[:, None],
+                      use_cache=True, **self._cache_kwargs(view), **self.logits_kw)
+        return out.logits[:, -1]
+
+
+def sample_rows(logits: Tensor, configs: Sequence[GenerationConfig], generators: Sequence[Any]) -> list[int]:
+    """Next token per row, each with its own sampling settings and random generator (so a seeded request draws
+    the same numbers whatever it runs with). Greedy rows share one argmax."""
+    greedy = logits.argmax(dim=-1).tolist()
+    out = []
+    for r, (cfg, gen) in enumerate(zip(configs, generators)):
+        out.append(greedy[r] if not cfg.do_sample else int(sample_next(logits[r:r + 1], cfg, gen)[0]))
+    return out

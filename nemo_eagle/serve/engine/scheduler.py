@@ -1,0 +1,315 @@
+"""Iteration-level scheduling (continuous batching) over a preallocated slot KV cache.
+
+One thread runs the loop; each iteration:
+1. takes newly submitted jobs and hands their preprocessing (image decode, tiling, tokenising) to a worker pool,
+   so tiling many images overlaps the decoding of others;
+2. admits prepared jobs in arrival order while a cache slot is free (admission control: the others wait, and
+   the queue length is reported); a job's images go through the vision tower here (or the vision cache);
+3. runs one prompt chunk (at most ``prefill_chunk`` tokens) of the oldest job still in prefill, so a long
+   image prompt never stalls the running sequences for more than one chunk;
+4. runs one decode step over every sequence past its prefill, samples per row, streams text, and releases the
+   slot of every sequence that finished or whose client cancelled.
+
+A sequence's numbers do not depend on its neighbours: its own positions and cache slot, a mask over its own
+keys, its own sampling settings and random generator. There is no preemption: a slot reserves the whole
+context at admission, so a running sequence can always finish.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from nemo_eagle.modeling.detokenizer import Detokenizer
+from nemo_eagle.modeling.generation import GenerationConfig
+from nemo_eagle.serve.engine.runner import ModelRunner, sample_rows
+from nemo_eagle.serve.engine.wire import EngineError, GenerationEvent, GenerationJob
+
+log = logging.getLogger(__name__)
+
+CANCEL_CHECK_S = 0.05  # how often a running job's ``cancelled`` callback is asked (it may be an IPC round trip)
+
+
+@dataclass
+class SchedulerStats:
+    submitted: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    waiting: int = 0  # prepared, waiting for a cache slot
+    preparing: int = 0
+    running: int = 0
+    slots: int = 0
+    generated_tokens: int = 0
+    steps: int = 0
+    vision_hits: int = 0
+    vision_misses: int = 0
+    vision_seconds_saved: float = 0.0
+    vision_seconds: float = 0.0
+
+
+@dataclass(eq=False)
+class Sequence:
+    job: GenerationJob
+    sink: Callable[[GenerationEvent], None]
+    cancelled: Callable[[], bool]
+    submitted: float = field(default_factory=time.perf_counter)
+    prepared: Any = None
+    future: Future | None = None
+    embeds: torch.Tensor | None = None
+    slot: int | None = None
+    pos: int = 0  # prompt positions written into the cache
+    generated: int = 0
+    last_token: int = 0
+    detok: Detokenizer | None = None
+    cfg: GenerationConfig | None = None
+    generator: torch.Generator | None = None
+    started: bool = False
+    held: str = ""
+    checked: float = 0.0
+    done: bool = False
+
+
+class Scheduler:
+    """Continuous batching for one ``Engine``. ``submit`` is thread-safe; events reach each job's ``sink``
+    from the scheduler thread, ending with one event that has a ``finish_reason``."""
+
+    def __init__(self, engine: Any, *, kv_cache_memory: int | None = None, max_num_seqs: int | None = 16,
+                 prefill_chunk: int = 512, vision_cache_bytes: int = 256 * 2**20, preprocess_workers: int = 2):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.max_len = engine.max_model_len
+        self.runner = ModelRunner.build(engine.model, max_len=self.max_len, memory_bytes=kv_cache_memory,
+                                        max_num_seqs=max_num_seqs, vision_cache_bytes=vision_cache_bytes)
+        self.prefill_chunk = prefill_chunk
+        self.inbox: queue.SimpleQueue[Sequence] = queue.SimpleQueue()
+        self.wake = threading.Event()
+        self.pool = ThreadPoolExecutor(max(1, preprocess_workers), thread_name_prefix="eagle-preprocess")
+        self.preparing: list[Sequence] = []
+        self.waiting: collections.deque[Sequence] = collections.deque()
+        self.prefilling: list[Sequence] = []
+        self.decoding: list[Sequence] = []
+        self.stats = SchedulerStats(slots=self.runner.cache.slots)
+        self.closing = False
+        self.thread: threading.Thread | None = None
+        self.on_step: Callable[[SchedulerStats], None] | None = None
+        log.info("continuous batching: %d cache slots of %d positions (%.1f MiB), prefill chunk %d, vision cache "
+                 "%.0f MiB", self.runner.cache.slots, self.max_len, self.runner.cache.nbytes / 2**20, prefill_chunk,
+                 vision_cache_bytes / 2**20)
+
+    # ----------------------------------------------------------------------------------------- control
+    def start(self) -> Scheduler:
+        self.thread = threading.Thread(target=self._loop, name="eagle-scheduler", daemon=True)
+        self.thread.start()
+        return self
+
+    def submit(self, job: GenerationJob, sink: Callable[[GenerationEvent], None],
+               cancelled: Callable[[], bool] | None = None) -> None:
+        if self.closing:
+            sink(GenerationEvent(finish_reason="error", error=EngineError(
+                "the server is shutting down", status=503, code="draining").to_dict()))
+            return
+        self.inbox.put(Sequence(job, sink, cancelled or (lambda: False)))
+        self.wake.set()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish every submitted job (new ones are refused), then stop the thread."""
+        self.closing = True
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.preparing or self.waiting or self.prefilling or self.decoding or not self.inbox.empty())
+
+    # -------------------------------------------------------------------------------------------- loop
+    def _loop(self) -> None:
+        while True:
+            try:
+                worked = self.iteration()
+            except Exception as e:  # a bug: fail the jobs in flight, keep serving the next ones
+                log.exception("scheduler iteration failed")
+                self._fail_all(f"generation failed: {type(e).__name__}: {e}")
+                worked = True
+            if self.closing and not self.busy:
+                return
+            if not worked:
+                self.wake.wait(0.05 if self.preparing else 1.0)
+                self.wake.clear()
+
+    def iteration(self) -> bool:
+        """One scheduling step; False when there was nothing to do."""
+        self._take_new()
+        self._collect_prepared()
+        self._check_cancelled()
+        self._admit()
+        worked = self._prefill_one()
+        worked = self._decode_step() or worked
+        s = self.stats
+        s.waiting, s.preparing, s.running = len(self.waiting), len(self.preparing), len(self.prefilling) + len(
+            self.decoding)
+        vc = self.runner.vision_cache
+        if vc is not None:
+            s.vision_hits, s.vision_misses, s.vision_seconds_saved = vc.stats.hits, vc.stats.misses, vc.stats.seconds_saved
+        s.vision_seconds = self.runner.vision_seconds
+        if self.on_step is not None:
+            self.on_step(s)
+        return worked
+
+    def _take_new(self) -> None:
+        while True:
+            try:
+                seq = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            self.stats.submitted += 1
+            seq.future = self.pool.submit(self.engine.prepare, seq.job)
+            self.preparing.append(seq)
+
+    def _collect_prepared(self) -> None:
+        still = []
+        for seq in self.preparing:
+            if not seq.future.done():
+                still.append(seq)
+                continue
+            try:
+                seq.prepared = seq.future.result()
+            except (EngineError, ValueError) as e:
+                err = e if isinstance(e, EngineError) else EngineError(str(e))
+                self._finish(seq, "error", error=err.to_dict())
+                continue
+            except Exception as e:
+                log.exception("preprocessing failed for %s", seq.job.request_id)
+                self._finish(seq, "error", error=EngineError(f"preprocessing failed: {type(e).__name__}: {e}",
+                                                             status=500, code="internal_error").to_dict())
+                continue
+            n = seq.prepared.prompt_tokens
+            if n + seq.job.max_new_tokens > self.max_len:
+                self._finish(seq, "error", error=EngineError(
+                    f"prompt of {n} tokens + max_tokens={seq.job.max_new_tokens} exceeds the context of "
+                    f"{self.max_len} tokens", code="context_length_exceeded").to_dict())
+                continue
+            self.waiting.append(seq)
+        # arrival order among the prepared ones, whichever worker finished first
+        self.preparing = still
+        if len(self.waiting) > 1:
+            self.waiting = collections.deque(sorted(self.waiting, key=lambda q: q.submitted))
+
+    def _check_cancelled(self) -> None:
+        now = time.monotonic()
+        for group in (self.waiting, self.prefilling, self.decoding):
+            for seq in list(group):
+                if now - seq.checked >= CANCEL_CHECK_S:
+                    seq.checked = now
+                    if seq.cancelled():
+                        self._finish(seq, "cancelled")
+
+    def _admit(self) -> None:
+        cache = self.runner.cache
+        while self.waiting and cache.free:
+            seq = self.waiting.popleft()
+            seq.slot = cache.allocate()
+            job, prep = seq.job, seq.prepared
+            feats = self.runner.image_features(prep.pixels, prep.image_keys)
+            seq.embeds = self.runner.embed(prep.input_ids, feats)
+            seq.prepared.pixels = []  # tiles are not needed once encoded
+            eos = self.tokenizer.eos_token_id
+            seq.cfg = GenerationConfig(max_new_tokens=job.max_new_tokens, do_sample=job.temperature > 0,
+                                       temperature=job.temperature or 1.0, top_p=job.top_p, eos_token_id=eos,
+                                       seed=job.seed)
+            seq.generator = torch.Generator().manual_seed(job.seed) if job.seed is not None else None
+            seq.detok = Detokenizer(self.tokenizer, job.stop)
+            self.prefilling.append(seq)
+
+    def _prefill_one(self) -> bool:
+        if not self.prefilling:
+            return False
+        seq = self.prefilling[0]
+        total = seq.embeds.shape[1]
+        end = min(total, seq.pos + self.prefill_chunk)
+        logits = self.runner.prefill(seq.slot, seq.embeds[:, seq.pos:end], seq.pos)
+        seq.pos = end
+        if end < total:
+            return True
+        self.prefilling.pop(0)
+        seq.embeds = None
+        token = sample_rows(logits[None], [seq.cfg], [seq.generator])[0]
+        self.decoding.append(seq)
+        self._emit_token(seq, token)
+        return True
+
+    def _decode_step(self) -> bool:
+        if not self.decoding:
+            return False
+        rows = sorted(self.decoding, key=lambda q: q.slot)
+        tokens = torch.tensor([q.last_token for q in rows])
+        lengths = torch.tensor([q.pos for q in rows])
+        logits = self.runner.decode([q.slot for q in rows], tokens, lengths)
+        for q in rows:
+            q.pos += 1
+        nxt = sample_rows(logits, [q.cfg for q in rows], [q.generator for q in rows])
+        self.stats.steps += 1
+        for q, token in zip(rows, nxt):
+            self._emit_token(q, token)
+        return True
+
+    # ------------------------------------------------------------------------------------------ events
+    def _emit_token(self, seq: Sequence, token: int) -> None:
+        seq.generated += 1
+        seq.last_token = token
+        self.stats.generated_tokens += 1
+        if token == self.tokenizer.eos_token_id:
+            self._finish(seq, "stop", seq.detok.flush())
+            return
+        text = seq.detok.add(token)
+        if seq.detok.stopped or seq.generated >= seq.job.max_new_tokens:
+            self._finish(seq, "stop" if seq.detok.stopped else "length", text + seq.detok.flush())
+        elif text or not seq.started:
+            self._send(seq, text)
+
+    def _send(self, seq: Sequence, text: str = "", finish_reason: str | None = None, **extra: Any) -> None:
+        if finish_reason is None and seq.started and not seq.job.stream:
+            seq.held += text
+            return
+        kw: dict[str, Any] = dict(extra)
+        if not seq.started and seq.prepared is not None and finish_reason != "error":
+            seq.started = True
+            kw.update(prompt_tokens=seq.prepared.prompt_tokens, tiling=seq.prepared.tiling,
+                      batch_size=len(self.decoding) + (0 if seq in self.decoding else 1))
+        text, seq.held = seq.held + text, ""
+        seq.sink(GenerationEvent(text=text, finish_reason=finish_reason, completion_tokens=seq.generated, **kw))
+
+    def _finish(self, seq: Sequence, reason: str, text: str = "", **extra: Any) -> None:
+        if seq.done:
+            return
+        seq.done = True
+        for group in (self.preparing, self.waiting, self.prefilling, self.decoding):
+            if seq in group:
+                group.remove(seq)
+        if seq.slot is not None:
+            self.runner.cache.release(seq.slot)
+            seq.slot = None
+        seq.embeds = None
+        self.stats.finished += 1
+        if reason == "cancelled":
+            self.stats.cancelled += 1
+        try:
+            self._send(seq, text, reason, **extra)
+        except Exception:
+            log.exception("could not deliver the last event of %s", seq.job.request_id)
+
+    def _fail_all(self, message: str) -> None:
+        err = EngineError(message, status=500, code="internal_error").to_dict()
+        for group in (self.waiting, self.prefilling, self.decoding):
+            for seq in list(group):
+                self._finish(seq, "error", error=err)
