@@ -22,6 +22,7 @@ from nemo_eagle._version import __version__
 from nemo_eagle.serve.backends import Backend, BackendError
 from nemo_eagle.serve.engine import Engine, EngineError
 from nemo_eagle.serve.media import ImageFetcher
+from nemo_eagle.serve.metrics import render_engine_stats
 from nemo_eagle.serve.schema import ErrorResponse, HealthResponse, ModelCard, ModelList
 from nemo_eagle.serve.settings import ServeSettings
 from nemo_eagle.serve.state import ERROR_TYPES, ServeState, error_response  # noqa: F401 - re-exported
@@ -204,6 +205,9 @@ def _open_routes() -> APIRouter:
     async def metrics(request: Request) -> Response:
         st = _state(request)
         body = st.metrics.render()
+        stats = getattr(st.backend, "stats", None)
+        if callable(stats):
+            body += render_engine_stats(stats())
         if st.triton_metrics_url:
             body += await _fetch_triton_metrics(st.triton_metrics_url)
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")

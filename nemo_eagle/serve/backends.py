@@ -1,6 +1,6 @@
 """Where generation runs, behind one small protocol: ``TritonBackend`` (a tritonserver process, over gRPC
-streaming), ``LocalBackend`` (the model in this process, with the same batching idea) and ``FakeBackend``
-(canned answers for schema and error tests).
+streaming), ``LocalBackend`` (the model in this process, with the same engine: continuous batching, or static
+batching for comparison) and ``FakeBackend`` (canned answers for schema and error tests).
 
 ``stream(job)`` yields ``GenerationEvent``s until one carries a ``finish_reason``; closing the iterator early
 (client gone) cancels the job wherever it runs.
@@ -169,13 +169,20 @@ class _LocalRequest:
 
 
 class LocalBackend:
-    """The engine in this process: one worker thread takes whatever jobs are waiting (up to ``max_batch_size``)
-    and decodes them as one batch, the way Triton's dynamic batcher feeds the Triton model."""
+    """The engine in this process. ``scheduler="continuous"``: jobs go to the engine's ``Scheduler`` (continuous
+    batching), as inside the Triton model. ``"static"``: one worker thread takes whatever jobs are waiting (up to
+    ``max_batch_size``) and decodes them as one batch, the way Triton's dynamic batcher fed the Triton model.
+    Embedding and ranking tasks run on the worker thread in both modes."""
 
     name = "local"
 
-    def __init__(self, engine: Engine, *, max_batch_size: int = 16):
-        self.engine, self.max_batch_size = engine, max_batch_size
+    def __init__(self, engine: Engine, *, max_batch_size: int = 16, scheduler: str = "continuous",
+                 scheduler_options: dict[str, Any] | None = None):
+        if scheduler not in ("continuous", "static"):
+            raise ValueError(f"scheduler must be 'continuous' or 'static', got {scheduler!r}")
+        self.engine, self.max_batch_size, self.mode = engine, max_batch_size, scheduler
+        self.scheduler_options = dict(scheduler_options or {"max_num_seqs": max_batch_size})
+        self.scheduler: Any = None
         self.pending: queue.Queue[_LocalRequest | None] = queue.Queue()
         self.worker: threading.Thread | None = None
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
@@ -183,11 +190,22 @@ class LocalBackend:
         self.finished: collections.deque[tuple[str, tuple[str, int]]] = collections.deque(maxlen=1000)
 
     async def start(self) -> None:
+        if self.mode == "continuous" and self.scheduler is None:
+            self.scheduler = self.engine.scheduler(**self.scheduler_options).start()
         self.worker = threading.Thread(target=self._loop, name="eagle-local-engine", daemon=True)
         self.worker.start()
 
     async def is_ready(self) -> bool:
-        return self.worker is not None and self.worker.is_alive()
+        alive = self.scheduler is None or (self.scheduler.thread is not None and self.scheduler.thread.is_alive())
+        return self.worker is not None and self.worker.is_alive() and alive
+
+    def stats(self) -> dict[str, Any]:
+        """The continuous scheduler's counters (queue, running, cache slots, vision cache), for ``/v1/metrics``."""
+        if self.scheduler is None:
+            return {}
+        from dataclasses import asdict
+
+        return {**asdict(self.scheduler.stats), "free_slots": len(self.scheduler.runner.cache.free)}
 
     def _loop(self) -> None:
         while True:
@@ -228,7 +246,15 @@ class LocalBackend:
 
     async def stream(self, job: GenerationJob) -> AsyncIterator[GenerationEvent]:
         req = _LocalRequest(job, asyncio.get_running_loop())
-        self.pending.put(req)
+        if self.scheduler is not None:
+            def sink(ev: GenerationEvent, req: _LocalRequest = req) -> None:
+                if ev.finish_reason is not None:
+                    self.finished.append((job.request_id, (ev.finish_reason, ev.completion_tokens)))
+                req.put(ev)
+
+            self.scheduler.submit(job, sink, lambda: req.cancelled)
+        else:
+            self.pending.put(req)
         finished = False
         try:
             while True:
@@ -252,13 +278,16 @@ class LocalBackend:
         return item
 
     async def close(self) -> None:
+        if self.scheduler is not None:
+            await asyncio.to_thread(self.scheduler.close)
+            self.scheduler = None
         if self.worker is not None:
             self.pending.put(None)
             await asyncio.to_thread(self.worker.join)
             self.worker = None
 
     def info(self) -> dict[str, Any]:
-        return {"backend": self.name, "max_batch_size": self.max_batch_size}
+        return {"backend": self.name, "scheduler": self.mode, "max_batch_size": self.max_batch_size}
 
 
 # -------------------------------------------------------------------------------------------------- fake

@@ -99,11 +99,14 @@ def plan_request(st: ServeState, req: ChatCompletionRequest, messages: list[dict
                           max_tiles_cap=st.settings.max_tiles)
 
 
-def make_jobs(req: ChatCompletionRequest, plan: RequestPlan, images: list[FetchedImage], cid: str) -> list[GenerationJob]:
+def make_jobs(req: ChatCompletionRequest, plan: RequestPlan, images: list[FetchedImage], cid: str, *,
+              max_image_pixels: int | None = None) -> list[GenerationJob]:
+    """One job per choice; the tiling plans travel with it and the backend applies them as planned here."""
     return [GenerationJob(request_id=f"{cid}-{i}", prompt=plan.prompt, max_tiles=plan.max_tiles,
                           max_new_tokens=plan.max_new_tokens, temperature=req.temperature or 0.0,
                           top_p=req.top_p or 1.0, seed=None if req.seed is None else req.seed + i,
-                          stop=list(req.stop or []), stream=req.stream, images=[im.data for im in images])
+                          stop=list(req.stop or []), stream=req.stream, tiling=plan.tiling,
+                          max_image_pixels=max_image_pixels, images=[im.data for im in images])
             for i in range(req.n)]
 
 
@@ -125,7 +128,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     messages, images = await collect_images(st, req.messages)
     plan = plan_request(st, req, messages, images)
     cid = f"chatcmpl-{uuid.uuid4().hex}"
-    jobs = make_jobs(req, plan, images, cid)
+    jobs = make_jobs(req, plan, images, cid, max_image_pixels=st.settings.max_image_pixels)
     st.metrics.images.inc(len(images))
     if any(p.reduced for p in plan.plans):
         st.metrics.tiling_reduced.inc()
@@ -139,9 +142,13 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
             raise EngineError(err.get("message", "generation failed"), status=int(err.get("status", 400)),
                               code=err.get("code"), param=err.get("param"))
     completion = Completion(prompt_tokens=firsts[0].prompt_tokens or plan.prompt_tokens, tiling=plan.tiling)
-    backend_tiles = [t["num_tiles"] for t in firsts[0].tiling or []]
-    if firsts[0].tiling is not None and backend_tiles != [p.num_tiles for p in plan.plans]:
-        log.warning("%s: backend tiled %s but the plan said %s", cid, backend_tiles, [p.num_tiles for p in plan.plans])
+    backend_tiles = [(tuple(t["grid"]), t["num_tiles"]) for t in firsts[0].tiling or []]
+    if firsts[0].tiling is not None and backend_tiles != [(p.grid, p.num_tiles) for p in plan.plans]:
+        await _close_all(streams)  # the backend applies the plans it is sent: a difference is a bug, not a warning
+        from nemo_eagle.serve.backends import BackendError
+
+        raise BackendError(f"the backend tiled {backend_tiles} but the plan sent was "
+                           f"{[(p.grid, p.num_tiles) for p in plan.plans]}")
     st.metrics.image_tiles.inc(sum(t["num_tiles"] for t in completion.tiling))
     st.metrics.prompt_tokens.inc(completion.prompt_tokens)
     if req.stream:

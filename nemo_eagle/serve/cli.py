@@ -92,8 +92,9 @@ def run(settings: ServeSettings) -> int:
             backend = TritonBackend(triton.grpc_url, server=triton)
         else:
             engine = Engine.from_pretrained(local, device=settings.device, dtype=settings.dtype,
-                                            max_model_len=settings.max_model_len)
-            backend = LocalBackend(engine, max_batch_size=settings.triton_max_batch_size)
+                                            max_model_len=settings.max_model_len, kernels=settings.kernels)
+            backend = LocalBackend(engine, max_batch_size=settings.triton_max_batch_size,
+                                   scheduler=settings.scheduler, scheduler_options=settings.scheduler_options())
         app = create_app(settings, backend, engine=engine,
                          triton_metrics_url=triton.metrics_url if triton is not None else None)
         if settings.enable_otel:

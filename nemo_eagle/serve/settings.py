@@ -16,6 +16,25 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from nemo_eagle.data.images import DEFAULT_MAX_PIXELS
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+               "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(v: Any) -> int | None:
+    """``4GiB``, ``512MiB``, ``1.5GB`` or a plain number of bytes -> bytes."""
+    if v is None or isinstance(v, int):
+        return v
+    text = str(v).strip().lower().replace(" ", "")
+    if not text or text == "none":
+        return None
+    num = text.rstrip("kmgtib")
+    unit = text[len(num):]
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"unknown size unit in {v!r}; use bytes or KiB/MiB/GiB (KB/MB/GB)")
+    try:
+        return int(float(num) * _SIZE_UNITS[unit])
+    except ValueError as e:
+        raise ValueError(f"not a size: {v!r} (examples: 4GiB, 512MiB, 1000000)") from e
 
 
 def _flags(*names: str) -> dict[str, Any]:
@@ -40,6 +59,25 @@ class ServeSettings(BaseSettings):
     max_tiles: int | None = Field(None, ge=1, le=64, description="highest per-image tile limit a request may ask for "
                                   "(default: the checkpoint's max_dynamic_tiles)")
     default_max_tokens: int = Field(512, ge=1, description="completion length when a request gives no max_tokens")
+    kernels: Literal["auto", "torch", "triton"] = Field("auto", description="image tiling op on the model side: "
+                                                        "triton (fused GPU kernel; fails if it cannot load), torch, "
+                                                        "or auto (triton on a GPU when it loads)")
+
+    # --- engine ---------------------------------------------------------------------------------------
+    scheduler: Literal["continuous", "static"] = Field(
+        "continuous", description="continuous: requests join and leave the running batch between decode steps; "
+        "static: a batch formed on arrival decodes until its longest request ends (kept for comparison)")
+    max_num_seqs: int = Field(16, ge=1, description="continuous: sequences decoded together (KV-cache slots); "
+                              "requests beyond wait in a queue")
+    kv_cache_memory: Annotated[int | None, NoDecode] = Field(
+        None, description="continuous: bytes (or 4GiB, 512MiB) preallocated for the KV cache at start-up; the "
+        "slot count is what fits, capped by --max-num-seqs (default: --max-num-seqs slots)")
+    prefill_chunk: int = Field(512, ge=16, description="continuous: prompt tokens prefilled per scheduler step, so "
+                               "a long image prompt never stalls the running sequences for longer")
+    vision_cache_memory: Annotated[int, NoDecode] = Field(
+        256 * 2**20, ge=0, description="bytes (or 256MiB) of vision-tower outputs kept for repeated images "
+        "(0: off)")
+    preprocess_workers: int = Field(2, ge=1, description="threads decoding and tiling images while others decode")
     license_path: Path | None = Field(None, description="file served by /v1/license (default: LICENSE in the checkpoint)")
 
     # --- REST front -----------------------------------------------------------------------------------
@@ -93,10 +131,21 @@ class ServeSettings(BaseSettings):
             return [h.strip().lower() for h in v.split(",") if h.strip()]
         return v
 
+    @field_validator("kv_cache_memory", "vision_cache_memory", mode="before")
+    @classmethod
+    def _bytes(cls, v: Any) -> Any:
+        return parse_bytes(v)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
+
+    def scheduler_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``Engine.scheduler`` (the continuous-batching engine)."""
+        return {"kv_cache_memory": self.kv_cache_memory, "max_num_seqs": self.max_num_seqs,
+                "prefill_chunk": self.prefill_chunk, "vision_cache_bytes": self.vision_cache_memory,
+                "preprocess_workers": self.preprocess_workers}
 
     @property
     def model_name(self) -> str:

@@ -47,7 +47,9 @@ def _pbtxt_str(value: str) -> str:
 def render_config(settings: ServeSettings, model_path: str) -> str:
     """``config.pbtxt`` of the ``eagle`` model: Python backend, decoupled, dynamic batching from the settings."""
     params = {"model_path": model_path, "device": settings.device or "", "dtype": settings.dtype or "",
-              "max_model_len": str(settings.max_model_len or ""), "log_level": settings.log_level}
+              "max_model_len": str(settings.max_model_len or ""), "log_level": settings.log_level,
+              "kernels": settings.kernels, "scheduler": settings.scheduler,
+              "scheduler_options": json.dumps(settings.scheduler_options())}
     param_lines = ",\n".join(f'  {{ key: "{k}" value: {{ string_value: {_pbtxt_str(v)} }} }}' for k, v in params.items())
     return f"""name: "{TRITON_MODEL_NAME}"
 backend: "python"

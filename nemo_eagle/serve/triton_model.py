@@ -1,5 +1,10 @@
-"""The Triton Python-backend model: decoupled (one response per text piece), dynamically batched, over
-``serve.engine.Engine``. The model repository's ``model.py`` only re-exports ``TritonPythonModel`` from here.
+"""The Triton Python-backend model: decoupled (one response per text piece), over ``serve.engine``. The model
+repository's ``model.py`` only re-exports ``TritonPythonModel`` from here.
+
+``scheduler=continuous`` (default): ``execute`` hands each generation request to the engine's ``Scheduler``
+and returns at once; the scheduler thread sends the responses, so requests join the running batch between
+decode steps instead of waiting for the batch Triton formed before them. ``scheduler=static``: ``execute``
+decodes the batch Triton's dynamic batcher formed until its longest request ends (the old behaviour).
 
 Inputs: ``REQUEST`` (BYTES [1]: a JSON job header) and optional ``IMAGES`` (BYTES [-1], ragged: encoded
 image files). Output: ``EVENT`` (BYTES [1]: a JSON ``GenerationEvent``, or an embedding/ranking result).
@@ -15,10 +20,12 @@ from typing import Any
 import numpy as np
 
 from nemo_eagle.serve.engine import Engine, EngineError, GenerationEvent, GenerationJob
+from nemo_eagle.serve.metrics import ENGINE_COUNTERS, ENGINE_GAUGES
 
 log = logging.getLogger("nemo_eagle.serve.triton_model")
 
-CANCEL_CHECK_S = 0.05  # how often a running request asks Triton whether its client cancelled
+CANCEL_CHECK_S = 0.05
+METRICS_S = 0.25  # how often a running request asks Triton whether its client cancelled
 BATCH_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
 
 
@@ -38,7 +45,8 @@ class TritonPythonModel:
                             format="%(asctime)s %(levelname)s %(name)s [triton]: %(message)s")
         self.engine = Engine.from_pretrained(params["model_path"], device=params.get("device") or None,
                                              dtype=params.get("dtype") or None,
-                                             max_model_len=int(params.get("max_model_len") or 0) or None)
+                                             max_model_len=int(params.get("max_model_len") or 0) or None,
+                                             kernels=params.get("kernels") or "auto")
         labels = {"model": args["model_name"]}
         family = pb.MetricFamily
         self.families = [
@@ -49,6 +57,33 @@ class TritonPythonModel:
         ]
         self.m_batch = self.families[0].Metric(labels=labels, buckets=BATCH_BUCKETS)
         self.m_tokens, self.m_cancelled, self.m_tiles = (f.Metric(labels=labels) for f in self.families[1:])
+        self.scheduler = None
+        if params.get("scheduler", "continuous") == "continuous":
+            self.scheduler = self.engine.scheduler(**json.loads(params.get("scheduler_options") or "{}"))
+            gauges, counters = ENGINE_GAUGES, ENGINE_COUNTERS
+            self.families += [family(f"nemo_eagle_engine_{k}", v, family.GAUGE) for k, v in gauges.items()]
+            self.families += [family(f"nemo_eagle_engine_{k}", v, family.COUNTER) for k, v in counters.items()]
+            self.m_engine = {k: f.Metric(labels=labels) for k, f in zip([*gauges, *counters], self.families[4:])}
+            self.m_counted = dict.fromkeys(counters, 0.0)
+            self.m_last = 0.0
+            self.scheduler.on_step = self._observe
+            self.scheduler.start()
+
+    def _observe(self, stats: Any) -> None:
+        """Scheduler counters -> Triton metrics, at most every METRICS_S (each update is an IPC round trip)."""
+        now = time.monotonic()
+        if now - self.m_last < METRICS_S and stats.waiting == 0:
+            return
+        self.m_last = now
+        values = {"waiting": stats.waiting, "preparing": stats.preparing, "running": stats.running,
+                  "free_slots": len(self.scheduler.runner.cache.free), "slots": stats.slots}
+        for k, v in values.items():
+            self.m_engine[k].set(float(v))
+        for k in self.m_counted:
+            v = float(getattr(stats, k))
+            if v > self.m_counted[k]:
+                self.m_engine[k].increment(v - self.m_counted[k])
+                self.m_counted[k] = v
 
     # ------------------------------------------------------------------------------------------ helpers
     def _event(self, payload: bytes) -> Any:
@@ -63,6 +98,50 @@ class TritonPythonModel:
 
     # ------------------------------------------------------------------------------------------ execute
     def execute(self, requests: list[Any]) -> None:
+        if self.scheduler is not None:
+            return self._submit(requests)
+        return self._execute_static(requests)
+
+    def _submit(self, requests: list[Any]) -> None:
+        """Continuous batching: each generation job goes to the scheduler, whose thread answers it."""
+        final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        self.m_batch.observe(float(len(requests)))
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                header, images = self._read(request)
+                if header.get("task") in ("embed", "rank"):
+                    payload = json.dumps(self.engine.run_task(header)).encode()
+                else:
+                    job = GenerationJob(**header, images=images)
+                    self.scheduler.submit(job, self._sink(sender), request.is_cancelled)
+                    continue
+            except EngineError as e:
+                payload = GenerationEvent(finish_reason="error", error=e.to_dict()).to_json()
+            except (ValueError, TypeError, KeyError) as e:
+                err = EngineError(f"malformed request to the Triton model: {e}")
+                payload = GenerationEvent(finish_reason="error", error=err.to_dict()).to_json()
+            sender.send(self._event(payload), flags=final)
+
+    def _sink(self, sender: Any):
+        final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+        def send(ev: GenerationEvent) -> None:
+            if ev.tiling:
+                self.m_tiles.increment(float(sum(t["num_tiles"] for t in ev.tiling)))
+            if ev.finish_reason is None:
+                sender.send(self._event(ev.to_json()))
+                return
+            self.m_tokens.increment(float(ev.completion_tokens))
+            if ev.finish_reason == "cancelled":
+                self.m_cancelled.increment(1.0)
+                sender.send(flags=final)
+            else:
+                sender.send(self._event(ev.to_json()), flags=final)
+
+        return send
+
+    def _execute_static(self, requests: list[Any]) -> None:
         pb, final = self.pb, self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         senders = [r.get_response_sender() for r in requests]
         done = [False] * len(requests)
@@ -120,4 +199,6 @@ class TritonPythonModel:
                     done[k] = True
 
     def finalize(self) -> None:
+        if self.scheduler is not None:  # Triton waited for in-flight requests (--exit-timeout-secs) before this
+            self.scheduler.close(timeout=30)
         log.info("Eagle model unloading")
