@@ -466,7 +466,7 @@ async def test_batch_input_limit(engine):
 async def test_image_fetch_connects_to_the_checked_address(engine, image_host, monkeypatch):
     # "images.test" does not resolve anywhere: the fetch can only succeed by connecting to the address the server
     # checked (here 127.0.0.1), which closes DNS rebinding between the check and the download.
-    import nemo_eagle.serve.media as media
+    from nemo_eagle.serve import media
 
     base, ok = image_host
     port = base.rsplit(":", 1)[1]

@@ -178,7 +178,7 @@ class Scheduler:
 
     def _collect_prepared(self) -> None:
         still = []
-        for seq in self.preparing:
+        for seq in list(self.preparing):  # _finish removes from self.preparing
             if not seq.future.done():
                 still.append(seq)
                 continue

@@ -1,0 +1,244 @@
+"""The continuous-batching engine on the input-sensitive tiny checkpoint: every request's answer under a
+staggered concurrent load equals the same request decoded alone by ``EagleModel.generate`` (the oracle, which
+shares no code with the scheduler, cache or runner); admission control, cancellation, the vision cache, the
+tiling plans sent by the front, and the one stop-string rule shared with ``EagleModel.stream``."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from serve_helpers import png_bytes
+
+from nemo_eagle.serve.engine import Engine, GenerationJob
+from nemo_eagle.serve.engine.kv_cache import CacheShape, slots_for_budget
+
+IMGS = [png_bytes(640, 480, 1), png_bytes(300, 900, 2), png_bytes(500, 500, 3)]
+
+
+@pytest.fixture(scope="module")
+def engine(sensitive_ckpt):
+    return Engine.from_pretrained(sensitive_ckpt, max_model_len=2048, device="cpu", dtype="float32")
+
+
+def prompt_of(engine, text: str, n_images: int = 0) -> str:
+    content = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
+    return engine.render([{"role": "user", "content": content}])
+
+
+def job(engine, rid: str, text: str, images=(), n: int = 12, **kw) -> GenerationJob:
+    return GenerationJob(request_id=rid, prompt=prompt_of(engine, text, len(images)), max_tiles=2, max_new_tokens=n,
+                         images=list(images), **kw)
+
+
+def oracle(engine, j: GenerationJob) -> tuple[str, str, int]:
+    """(text, finish_reason, completion_tokens) of ``EagleModel.generate`` on this job alone (greedy)."""
+    batch = engine.processor(text=j.prompt, images=j.images, max_tiles=j.max_tiles)
+    ids = engine.model.generate(**batch, max_new_tokens=j.max_new_tokens, do_sample=False)[0].tolist()
+    eos = engine.tokenizer.eos_token_id
+    if eos in ids:
+        cut = ids.index(eos)
+        return engine.tokenizer.decode(ids[:cut]), "stop", cut + 1
+    return engine.tokenizer.decode(ids), "length", len(ids)
+
+
+class Collector:
+    """Events per request id, as a scheduler delivers them (from its thread)."""
+
+    def __init__(self, ids):
+        self.events = {r: [] for r in ids}
+        self.done = threading.Event()
+
+    def sink(self, rid):
+        def put(ev):
+            self.events[rid].append(ev)
+            if all(e and e[-1].finish_reason for e in self.events.values()):
+                self.done.set()
+        return put
+
+    def text(self, rid) -> str:
+        return "".join(e.text for e in self.events[rid])
+
+    def last(self, rid):
+        return self.events[rid][-1]
+
+
+def serve(engine, jobs, *, stagger: float = 0.0, cancel: dict | None = None, **options):
+    sched = engine.scheduler(**{"max_num_seqs": 3, "prefill_chunk": 64, **options})
+    seen = {"max_waiting": 0, "max_used": 0}
+
+    def observe(stats):
+        seen["max_waiting"] = max(seen["max_waiting"], stats.waiting)
+        seen["max_used"] = max(seen["max_used"], sched.runner.cache.used)
+
+    sched.on_step = observe
+    sched.start()
+    got = Collector([j.request_id for j in jobs])
+    try:
+        for j in jobs:
+            flag = (cancel or {}).get(j.request_id)
+            sched.submit(j, got.sink(j.request_id), (lambda f=flag: f.is_set()) if flag else None)
+            time.sleep(stagger)
+        assert got.done.wait(120), {r: len(e) for r, e in got.events.items()}
+    finally:
+        sched.close(30)
+    return got, sched, seen
+
+
+def test_staggered_concurrent_load_equals_each_request_alone(engine):
+    jobs = [
+        job(engine, "text", "hello there", n=16),
+        job(engine, "one-image", "what is this", IMGS[:1], n=14),
+        job(engine, "two-images", "compare them", IMGS[:2], n=16),
+        job(engine, "two-reversed", "compare them", IMGS[1::-1], n=16),  # same images, other order
+        job(engine, "three", "all three please", IMGS, n=10, stream=False),
+        job(engine, "other-text", "a different and rather longer question about charts", n=20),
+        job(engine, "text-again", "hello there", n=16, stream=False),  # streaming == non-streaming
+    ]
+    # staggered: later requests join while earlier ones decode; 3 slots for 7 requests, 64-token prefill chunks
+    got, sched, seen = serve(engine, jobs, stagger=0.03)
+    expected = {j.request_id: oracle(engine, j) for j in jobs}
+    texts = {r: got.text(r) for r in expected}
+    assert len(set(texts.values())) >= 6, texts  # input-sensitive: a swapped row or dropped image shows
+    assert texts["two-images"] != texts["two-reversed"]  # tile order matters to this model
+    for j in jobs:
+        text, finish, tokens = expected[j.request_id]
+        last = got.last(j.request_id)
+        assert (texts[j.request_id], last.finish_reason, last.completion_tokens) == (text, finish, tokens), j.request_id
+        first = got.events[j.request_id][0]
+        assert first.prompt_tokens == engine.processor(text=j.prompt, images=j.images,
+                                                       max_tiles=j.max_tiles)["input_ids"].shape[1]
+        if not j.stream:
+            assert len(got.events[j.request_id]) <= 2
+    assert texts["text"] == texts["text-again"]
+    assert seen["max_waiting"] > 0 and seen["max_used"] == 3  # admission control kept 3 in the cache
+    assert sched.runner.cache.used == 0  # every slot released
+    assert sched.stats.steps < sum(t[2] for t in expected.values())  # rows shared decode steps
+
+
+def test_static_batching_equals_each_request_alone(engine):
+    """The kept static path (left padding in one batch) on the same input-sensitive model."""
+    jobs = [job(engine, "a", "hello there", n=10), job(engine, "b", "compare them", IMGS[:2], n=10),
+            job(engine, "c", "a different and rather longer question about charts", n=10)]
+    out = {i: "" for i in range(len(jobs))}
+    for i, ev in engine.run_batch(jobs):
+        out[i] += ev.text
+    assert len(set(out.values())) == 3
+    for i, j in enumerate(jobs):
+        assert out[i] == oracle(engine, j)[0]
+
+
+def test_cache_full_load_queues_and_completes(engine):
+    jobs = [job(engine, f"r{i}", f"question number {i}", IMGS[i % 2:i % 2 + 1] if i % 3 == 0 else (), n=8)
+            for i in range(6)]
+    got, sched, seen = serve(engine, jobs, max_num_seqs=2)
+    assert sched.runner.cache.slots == 2 and seen["max_used"] == 2 and seen["max_waiting"] >= 3
+    for j in jobs:
+        assert got.text(j.request_id) == oracle(engine, j)[0]
+    assert sched.runner.cache.used == 0 and sched.stats.finished == 6
+
+
+def test_cancelling_frees_the_cache_slot(engine):
+    flag = threading.Event()
+    long_job = job(engine, "long", "go on forever", n=1500)
+    short = job(engine, "short", "hello there", n=6)
+    sched = engine.scheduler(max_num_seqs=1).start()
+    got = Collector(["long", "short"])
+    try:
+        sched.submit(long_job, got.sink("long"), flag.is_set)
+        sched.submit(short, got.sink("short"))
+        deadline = time.monotonic() + 30
+        while not got.events["long"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert not got.events["short"]  # waits: the only slot is taken
+        flag.set()  # the client goes away
+        assert got.done.wait(60)
+    finally:
+        sched.close(30)
+    assert got.last("long").finish_reason == "cancelled" and got.last("long").completion_tokens < 1500
+    assert got.text("short") == oracle(engine, short)[0]
+    assert sched.runner.cache.used == 0 and sched.stats.cancelled == 1
+
+
+def test_seeded_sampling_is_reproducible_whatever_runs_alongside(engine):
+    def seeded(rid):
+        return job(engine, rid, "tell me a story", n=12, temperature=1.0, seed=7)
+
+    alone, _, _ = serve(engine, [seeded("alone")])
+    crowd = [job(engine, "g1", "hello there", n=12), seeded("in-crowd"), job(engine, "g2", "why", IMGS[:1], n=12),
+             job(engine, "s2", "tell me a story", n=12, temperature=1.0, seed=8)]
+    together, _, _ = serve(engine, crowd, stagger=0.01)
+    assert together.text("in-crowd") == alone.text("alone")
+    assert together.text("s2") != together.text("in-crowd")  # the seed matters
+
+
+def test_repeated_image_skips_the_vision_tower(engine):
+    tall = IMGS[1:2]  # 300x900: a 1x2 grid + thumbnail at max_tiles=2, one tile at max_tiles=1
+    jobs = [job(engine, "first", "what is this", tall, n=6), job(engine, "again", "and now?", tall, n=6),
+            job(engine, "tiled-otherwise", "what is this", tall, n=6)]
+    jobs[2].max_tiles = 1  # same bytes, another tiling plan: another entry
+    got, sched, _ = serve(engine, jobs, stagger=0.2)
+    assert sched.stats.vision_hits == 1 and sched.stats.vision_misses == 2
+    assert sched.stats.vision_seconds_saved > 0
+    for j in jobs:
+        assert got.text(j.request_id) == oracle(engine, j)[0]
+
+
+def test_the_front_plans_are_applied_and_checked(engine):
+    img = IMGS[1]  # 300x900: the backend's own plan at max_tiles=2 would be a 1x2 grid + thumbnail
+    sent = {"width": 300, "height": 900, "grid": [1, 1], "num_tiles": 1, "max_tiles": 1, "requested_max_tiles": 2}
+    applied = job(engine, "applied", "what is this", [img], n=6, tiling=[sent])
+    wrong_size = job(engine, "wrong", "what is this", [img], n=6, tiling=[{**sent, "width": 641}])
+    bad_grid = job(engine, "grid", "what is this", [img], n=6, tiling=[{**sent, "grid": [9, 9], "num_tiles": 81}])
+    too_big = job(engine, "pixels", "what is this", [img], n=6, max_image_pixels=300 * 900 - 1)
+    got, _, _ = serve(engine, [applied, wrong_size, bad_grid, too_big])
+    first = got.events["applied"][0]
+    assert [t["num_tiles"] for t in first.tiling] == [1]
+    one_tile = GenerationJob(**{**applied.__dict__, "tiling": None, "max_tiles": 1})
+    assert got.text("applied") == oracle(engine, one_tile)[0]
+    assert first.prompt_tokens == oracle_prompt_tokens(engine, one_tile)
+    for rid, status, words in (("wrong", 400, "641x900"), ("grid", 400, "not a valid grid"),
+                               ("pixels", 413, "exceeds the limit")):
+        err = got.last(rid)
+        assert err.finish_reason == "error" and err.error["status"] == status and words in err.error["message"], err
+
+
+def oracle_prompt_tokens(engine, j) -> int:
+    return engine.processor(text=j.prompt, images=j.images, max_tiles=j.max_tiles)["input_ids"].shape[1]
+
+
+def test_stop_strings_follow_one_rule_in_server_and_stream(engine):
+    base = job(engine, "free", "a different and rather longer question about charts", n=20)
+    full = oracle(engine, base)[0]
+    stop = full[5:8]
+    assert len(stop) == 3 and full.index(stop) >= 1, full
+    stopped = GenerationJob(**{**base.__dict__, "request_id": "stopped", "stop": [stop]})
+    got, _, _ = serve(engine, [stopped])
+    assert got.text("stopped") == full[: full.index(stop)] and got.last("stopped").finish_reason == "stop"
+    batch = engine.processor(text=base.prompt)
+    streamed = "".join(engine.model.stream(**batch, max_new_tokens=20, stop_strings=[stop]))
+    assert streamed == got.text("stopped")
+    ids = engine.model.generate(**batch, max_new_tokens=20, stop_strings=[stop])[0].tolist()
+    kept = [t for t in ids if t != engine.tokenizer.pad_token_id]
+    # ids keep the token completing the stop string; its text starts with the served answer + the stop
+    assert engine.tokenizer.decode(kept).startswith(full[: full.index(stop)] + stop)
+
+
+def test_kv_budget_sets_the_slot_count(engine):
+    shape = CacheShape.of(engine.model.language_model.config, 2048, torch.float32)
+    cfg = engine.model.language_model.config
+    per_slot = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) \
+        * 2048 * 4
+    assert shape.bytes_per_slot == per_slot
+    assert slots_for_budget(shape, memory_bytes=5 * per_slot + 1, max_num_seqs=None) == 5
+    assert slots_for_budget(shape, memory_bytes=5 * per_slot, max_num_seqs=3) == 3
+    sched = engine.scheduler(kv_cache_memory=4 * per_slot, max_num_seqs=64)
+    try:
+        assert sched.runner.cache.slots == 4 and sched.runner.cache.nbytes == 4 * per_slot
+    finally:
+        sched.close(5)
+    with pytest.raises(ValueError, match="holds no sequence"):
+        slots_for_budget(shape, memory_bytes=per_slot - 1, max_num_seqs=None)
