@@ -88,6 +88,7 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "nemo_eagle.cli", "serve", "--model", str(args.model), "--port", str(port),
            "--host", "127.0.0.1", "--triton-grpc-port", "0", "--triton-http-port", "0", "--triton-metrics-port", "0",
            "--max-model-len", str(args.max_model_len), "--triton-max-batch-size", str(args.max_batch_size),
+           "--max-num-seqs", str(args.max_batch_size),
            "--log-level", "WARNING", "--disable-log-requests"]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     return proc, f"http://127.0.0.1:{port}"
@@ -173,7 +174,7 @@ async def local_path(args):
         plan = engine.plan(prompt, sizes, max_tiles=args.max_tiles, max_new_tokens=args.max_tokens,
                            default_max_tokens=args.max_tokens)
         job = GenerationJob(request_id=str(next(counter)), prompt=plan.prompt, max_tiles=plan.max_tiles,
-                            max_new_tokens=plan.max_new_tokens, images=imgs)
+                            max_new_tokens=plan.max_new_tokens, tiling=plan.tiling, images=imgs)
         tokens = 0
         async for ev in backend.stream(job):
             tokens = ev.completion_tokens
@@ -203,6 +204,38 @@ async def compare(url: str, model_id: str, requests, args) -> tuple[Result, Resu
     finally:
         await rest_close()
         await local_close()
+
+
+async def overhead(url: str, model_id: str, args) -> str:
+    """Fixed cost per request: 1-token text-only chats one at a time, REST -> Triton -> model against the
+    in-process engine, alternating; and a readiness probe."""
+    import httpx
+
+    one_token = argparse.Namespace(**{**vars(args), "max_tokens": 1, "max_tiles": 1})
+    rest_one, rest_close = rest_path(url, model_id, one_token)
+    local_one, local_close = await local_path(one_token)
+    rest, local, ready = [], [], []
+    try:
+        req = ("Hi", [])
+        for _ in range(3):  # warm-up
+            await rest_one(req)
+            await local_one(req)
+        async with httpx.AsyncClient(timeout=10) as client:
+            for _ in range(args.overhead_requests):
+                for one, out in ((rest_one, rest), (local_one, local)):
+                    t0 = time.perf_counter()
+                    await one(req)
+                    out.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                await client.get(url + "/v1/health/ready")
+                ready.append(time.perf_counter() - t0)
+    finally:
+        await rest_close()
+        await local_close()
+    p50 = lambda xs: statistics.median(xs) * 1e3
+    return (f"fixed overhead, 1 output token, {args.overhead_requests} sequential requests: REST -> Triton -> model "
+            f"p50 {p50(rest):.1f} ms, in-process engine p50 {p50(local):.1f} ms, added by serving "
+            f"{p50(rest) - p50(local):+.1f} ms p50 (target <= 5 ms); /v1/health/ready p50 {p50(ready):.1f} ms")
 
 
 def report(rest: Result, local: Result, args) -> str:
@@ -236,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=120.0, help="stop submitting after this long, per path")
     p.add_argument("--rounds", type=int, default=4, help="alternate the two paths this many times")
     p.add_argument("--startup-timeout", type=float, default=600.0)
+    p.add_argument("--overhead-requests", type=int, default=30, help="sequential 1-token requests per path for the "
+                   "fixed-overhead measurement (0: skip)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 1 <= args.requests <= 10_000 or not 1 <= args.concurrency <= 256:
@@ -255,11 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%d requests at concurrency %d: REST (%s) and in-process, alternating in %d rounds",
                  len(requests), args.concurrency, url, args.rounds)
         rest, local = asyncio.run(compare(url, model_id, requests, args))
+        fixed = asyncio.run(overhead(url, model_id, args)) if args.overhead_requests else ""
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(120)
     print(report(rest, local, args))
+    if fixed:
+        print(fixed)
     return 0 if not rest.errors and not local.errors else 1
 
 

@@ -15,6 +15,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,6 +26,7 @@ from nemo_eagle.serve.engine import Engine, EngineError, GenerationEvent, Genera
 log = logging.getLogger(__name__)
 
 TRITON_MODEL_NAME = "eagle"
+READY_TTL_S = 1.0
 INPUT_REQUEST, INPUT_IMAGES, OUTPUT_EVENT = "REQUEST", "IMAGES", "EVENT"
 
 
@@ -67,6 +69,7 @@ class TritonBackend:
         self.grpc_url, self.model_name, self.server = grpc_url, model_name, server
         self.client = None
         self.server_version: str | None = None
+        self.ready_at = 0.0
 
     async def start(self) -> None:
         import tritonclient.grpc.aio as grpcclient
@@ -79,12 +82,19 @@ class TritonBackend:
             log.warning("could not read Triton server metadata from %s: %s", self.grpc_url, e)
 
     async def is_ready(self) -> bool:
+        """Triton's model readiness; a positive answer is reused for READY_TTL_S (a health probe then costs no gRPC
+        round trip), a negative one never is. A dead server process is seen at once."""
         if self.client is None or (self.server is not None and not self.server.is_alive()):
             return False
+        now = time.monotonic()
+        if now - self.ready_at < READY_TTL_S:
+            return True
         try:
-            return bool(await self.client.is_model_ready(self.model_name))
+            ready = bool(await self.client.is_model_ready(self.model_name))
         except Exception:  # noqa: BLE001 - any failure means "not ready"
-            return False
+            ready = False
+        self.ready_at = now if ready else 0.0
+        return ready
 
     def _inputs(self, job: GenerationJob) -> list[Any]:
         from tritonclient.grpc import InferInput

@@ -78,6 +78,8 @@ class ServeSettings(BaseSettings):
         256 * 2**20, ge=0, description="bytes (or 256MiB) of vision-tower outputs kept for repeated images "
         "(0: off)")
     preprocess_workers: int = Field(2, ge=1, description="threads decoding and tiling images while others decode")
+    cuda_graphs: bool = Field(True, description="continuous, GPU only: capture the decode step as one CUDA graph per "
+                              "batch-size bucket and replay it")
     license_path: Path | None = Field(None, description="file served by /v1/license (default: LICENSE in the checkpoint)")
 
     # --- REST front -----------------------------------------------------------------------------------
@@ -145,7 +147,7 @@ class ServeSettings(BaseSettings):
         """Keyword arguments of ``Engine.scheduler`` (the continuous-batching engine)."""
         return {"kv_cache_memory": self.kv_cache_memory, "max_num_seqs": self.max_num_seqs,
                 "prefill_chunk": self.prefill_chunk, "vision_cache_bytes": self.vision_cache_memory,
-                "preprocess_workers": self.preprocess_workers}
+                "preprocess_workers": self.preprocess_workers, "graphs": None if self.cuda_graphs else False}
 
     @property
     def model_name(self) -> str:

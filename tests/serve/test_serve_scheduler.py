@@ -118,6 +118,21 @@ def test_staggered_concurrent_load_equals_each_request_alone(engine):
     assert sched.stats.steps < sum(t[2] for t in expected.values())  # rows shared decode steps
 
 
+def test_fixed_shape_decode_equals_each_request_alone(engine):
+    """The decode step a CUDA graph replays on a GPU (batch padded to a bucket onto a scratch slot, attention over
+    the whole slot), run eagerly here: same answers as each request alone."""
+    jobs = [job(engine, "a", "hello there", n=12), job(engine, "b", "compare them", IMGS[:2], n=12),
+            job(engine, "c", "a different and rather longer question about charts", n=9),
+            job(engine, "d", "what is this", IMGS[2:], n=7)]
+    got, sched, _ = serve(engine, jobs, stagger=0.02, max_num_seqs=3, graphs=True)
+    assert sched.runner.graphs and sched.runner.buckets == [1, 2, 3]
+    assert {len(s.index) for s in sched.runner._static.values()} <= {1, 2, 3} and sched.runner._static
+    texts = {j.request_id: got.text(j.request_id) for j in jobs}
+    assert len(set(texts.values())) == 4
+    for j in jobs:
+        assert texts[j.request_id] == oracle(engine, j)[0], j.request_id
+
+
 def test_static_batching_equals_each_request_alone(engine):
     """The kept static path (left padding in one batch) on the same input-sensitive model."""
     jobs = [job(engine, "a", "hello there", n=10), job(engine, "b", "compare them", IMGS[:2], n=10),

@@ -57,9 +57,11 @@ def slots_for_budget(shape: CacheShape, *, memory_bytes: int | None, max_num_seq
 class SlotKVCache:
     """``slots`` sequences of up to ``max_len`` positions, for every layer, allocated at construction."""
 
-    def __init__(self, shape: CacheShape, slots: int, device: torch.device | str):
+    def __init__(self, shape: CacheShape, slots: int, device: torch.device | str, *, scratch: bool = False):
         self.shape, self.slots = shape, slots
-        dims = (slots, shape.kv_heads, shape.max_len, shape.head_dim)
+        # ``scratch``: one more slot, never allocated, that the padding rows of a fixed-size decode batch write to
+        self.scratch = slots if scratch else None
+        dims = (slots + int(scratch), shape.kv_heads, shape.max_len, shape.head_dim)
         self.k = [torch.zeros(dims, dtype=shape.dtype, device=device) for _ in range(shape.layers)]
         self.v = [torch.zeros(dims, dtype=shape.dtype, device=device) for _ in range(shape.layers)]
         self.free: list[int] = list(range(slots))  # lowest first: running slots stay packed at the front
@@ -89,6 +91,9 @@ class SlotKVCache:
 
     def decode_view(self, slots: list[int], lengths: Tensor) -> DecodeView:
         return DecodeView(self, slots, lengths)
+
+    def static_decode_view(self, index: Tensor, lengths: Tensor) -> StaticDecodeView:
+        return StaticDecodeView(self, index, lengths)
 
 
 class _View:
@@ -138,3 +143,19 @@ class DecodeView(_View):
         k[self.index, :, self.lengths] = key[:, :, 0]  # key: (B, kv_heads, 1, head_dim)
         v[self.index, :, self.lengths] = value[:, :, 0]
         return k[self.rows, :, :self.kv_len], v[self.rows, :, :self.kv_len]
+
+
+class StaticDecodeView(_View):
+    """The decode step with shapes fixed by the batch size alone (what a CUDA graph replays): row ``i`` writes at
+    ``lengths[i]`` of slot ``index[i]`` and attends over the slot's whole ``max_len`` (the mask hides the rest).
+    ``index`` and ``lengths`` are persistent buffers the caller fills before each replay."""
+
+    def __init__(self, cache: SlotKVCache, index: Tensor, lengths: Tensor):
+        super().__init__(cache)
+        self.index, self.lengths = index, lengths
+
+    def update(self, key: Tensor, value: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        k, v = self.cache.k[layer_idx], self.cache.v[layer_idx]
+        k[self.index, :, self.lengths] = key[:, :, 0]
+        v[self.index, :, self.lengths] = value[:, :, 0]
+        return k.index_select(0, self.index), v.index_select(0, self.index)

@@ -15,9 +15,16 @@ from nemo_eagle.modeling.generation import GenerationConfig, last_logits_kwargs,
 from nemo_eagle.serve.engine.kv_cache import CacheShape, SlotKVCache
 from nemo_eagle.serve.engine.vision_cache import VisionCache
 
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
 
 class ModelRunner:
-    def __init__(self, model: Any, cache: SlotKVCache, vision_cache: VisionCache | None = None):
+    """``graphs``: decode through fixed-size batch buckets (``StaticDecodeView``), each captured once as a CUDA
+    graph on a GPU and replayed (no per-step launch overhead). On CPU ``graphs=True`` runs the same fixed-shape
+    step eagerly, which is what the CPU tests check against the dynamic step."""
+
+    def __init__(self, model: Any, cache: SlotKVCache, vision_cache: VisionCache | None = None, *,
+                 graphs: bool = False):
         self.model, self.cache, self.vision_cache = model, cache, vision_cache
         self.lm = model.language_model
         self.device, self.dtype = model.device, model.dtype
@@ -27,16 +34,23 @@ class ModelRunner:
 
         self._cache_kwargs = lambda view: cache_kwargs(self.lm, view)
         self.vision_seconds = 0.0  # time spent in the vision tower (misses only)
+        if graphs and cache.scratch is None:
+            raise ValueError("fixed-size decode needs a cache built with a scratch slot (SlotKVCache(scratch=True))")
+        self.graphs = graphs
+        self.buckets = [b for b in BUCKETS if b < cache.slots] + [cache.slots]
+        self._static: dict[int, _StaticStep] = {}
 
     @classmethod
     def build(cls, model: Any, *, max_len: int, memory_bytes: int | None, max_num_seqs: int | None,
-              vision_cache_bytes: int = 0) -> ModelRunner:
+              vision_cache_bytes: int = 0, graphs: bool | None = None) -> ModelRunner:
+        """``graphs=None``: CUDA-graph decode on a GPU, the dynamic step on CPU."""
         from nemo_eagle.serve.engine.kv_cache import slots_for_budget
 
+        graphs = model.device.type == "cuda" if graphs is None else graphs
         shape = CacheShape.of(model.language_model.config, max_len, model.dtype)
         slots = slots_for_budget(shape, memory_bytes=memory_bytes, max_num_seqs=max_num_seqs)
-        cache = SlotKVCache(shape, slots, model.device)
-        return cls(model, cache, VisionCache(vision_cache_bytes) if vision_cache_bytes > 0 else None)
+        cache = SlotKVCache(shape, slots, model.device, scratch=graphs)
+        return cls(model, cache, VisionCache(vision_cache_bytes) if vision_cache_bytes > 0 else None, graphs=graphs)
 
     # ------------------------------------------------------------------------------------------ inputs
     @torch.inference_mode()
@@ -98,6 +112,11 @@ class ModelRunner:
     @torch.inference_mode()
     def decode(self, slots: list[int], tokens: Tensor, lengths: Tensor) -> Tensor:
         """One token per sequence: row i is ``tokens[i]`` at position ``lengths[i]`` of ``slots[i]``. (B, V)."""
+        if self.graphs:
+            bucket = next(b for b in self.buckets if b >= len(slots))
+            if bucket not in self._static:
+                self._static[bucket] = _StaticStep(self, bucket)
+            return self._static[bucket].run(slots, tokens, lengths)
         tokens, lengths = tokens.to(self.device), lengths.to(self.device)
         view = self.cache.decode_view(slots, lengths)
         keys = torch.arange(view.kv_len, device=self.device)
@@ -106,6 +125,57 @@ class ModelRunner:
         out = self.lm(inputs_embeds=embeds, attention_mask=self._mask(allowed), position_ids=lengths[:, None],
                       use_cache=True, **self._cache_kwargs(view), **self.logits_kw)
         return out.logits[:, -1]
+
+
+class _StaticStep:
+    """The decode step for one batch-size bucket: persistent input buffers, the rows beyond the live ones padded
+    onto the scratch slot, attention over the full ``max_len``; captured as a CUDA graph on a GPU."""
+
+    def __init__(self, runner: ModelRunner, size: int):
+        self.runner, self.size = runner, size
+        dev, cache = runner.device, runner.cache
+        self.tokens = torch.zeros(size, dtype=torch.long, device=dev)
+        self.lengths = torch.zeros(size, dtype=torch.long, device=dev)
+        self.index = torch.full((size,), cache.scratch, dtype=torch.long, device=dev)
+        self.keys = torch.arange(cache.shape.max_len, device=dev)
+        self.view = cache.static_decode_view(self.index, self.lengths)
+        self.graph = None
+        self.logits: Tensor | None = None
+        if dev.type == "cuda":
+            self._capture()
+
+    def _forward(self) -> Tensor:
+        r = self.runner
+        allowed = (self.keys[None, :] <= self.lengths[:, None])[:, None, None, :]  # (B, 1, 1, max_len)
+        embeds = r.lm.get_input_embeddings()(self.tokens[:, None])
+        out = r.lm(inputs_embeds=embeds, attention_mask=r._mask(allowed), position_ids=self.lengths[:, None],
+                   use_cache=True, **r._cache_kwargs(self.view), **r.logits_kw)
+        return out.logits[:, -1]
+
+    def _capture(self) -> None:
+        # warm up on a side stream (as torch.cuda.graphs asks), then capture; the padding rows write to scratch
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._forward()
+
+    def run(self, slots: list[int], tokens: Tensor, lengths: Tensor) -> Tensor:
+        n = len(slots)
+        self.index.fill_(self.runner.cache.scratch)
+        self.tokens.zero_()
+        self.lengths.zero_()
+        self.index[:n].copy_(torch.tensor(slots), non_blocking=True)
+        self.tokens[:n].copy_(tokens, non_blocking=True)
+        self.lengths[:n].copy_(lengths, non_blocking=True)
+        if self.graph is None:
+            return self._forward()[:n]
+        self.graph.replay()
+        return self.logits[:n]
 
 
 def sample_rows(logits: Tensor, configs: Sequence[GenerationConfig], generators: Sequence[Any]) -> list[int]:

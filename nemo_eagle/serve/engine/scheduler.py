@@ -83,12 +83,14 @@ class Scheduler:
     from the scheduler thread, ending with one event that has a ``finish_reason``."""
 
     def __init__(self, engine: Any, *, kv_cache_memory: int | None = None, max_num_seqs: int | None = 16,
-                 prefill_chunk: int = 512, vision_cache_bytes: int = 256 * 2**20, preprocess_workers: int = 2):
+                 prefill_chunk: int = 512, vision_cache_bytes: int = 256 * 2**20, preprocess_workers: int = 2,
+                 graphs: bool | None = None):
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.max_len = engine.max_model_len
         self.runner = ModelRunner.build(engine.model, max_len=self.max_len, memory_bytes=kv_cache_memory,
-                                        max_num_seqs=max_num_seqs, vision_cache_bytes=vision_cache_bytes)
+                                        max_num_seqs=max_num_seqs, vision_cache_bytes=vision_cache_bytes,
+                                        graphs=graphs)
         self.prefill_chunk = prefill_chunk
         self.inbox: queue.SimpleQueue[Sequence] = queue.SimpleQueue()
         self.wake = threading.Event()
@@ -102,8 +104,9 @@ class Scheduler:
         self.thread: threading.Thread | None = None
         self.on_step: Callable[[SchedulerStats], None] | None = None
         log.info("continuous batching: %d cache slots of %d positions (%.1f MiB), prefill chunk %d, vision cache "
-                 "%.0f MiB", self.runner.cache.slots, self.max_len, self.runner.cache.nbytes / 2**20, prefill_chunk,
-                 vision_cache_bytes / 2**20)
+                 "%.0f MiB, %s decode", self.runner.cache.slots, self.max_len, self.runner.cache.nbytes / 2**20,
+                 prefill_chunk, vision_cache_bytes / 2**20, "fixed-shape (CUDA graphs on GPU)" if self.runner.graphs
+                 else "dynamic")
 
     # ----------------------------------------------------------------------------------------- control
     def start(self) -> Scheduler:
@@ -144,7 +147,7 @@ class Scheduler:
             if self.closing and not self.busy:
                 return
             if not worked:
-                self.wake.wait(0.05 if self.preparing else 1.0)
+                self.wake.wait(CANCEL_CHECK_S if self.waiting else 1.0)
                 self.wake.clear()
 
     def iteration(self) -> bool:
@@ -174,6 +177,7 @@ class Scheduler:
                 return
             self.stats.submitted += 1
             seq.future = self.pool.submit(self.engine.prepare, seq.job)
+            seq.future.add_done_callback(lambda _: self.wake.set())  # admit it as soon as it is ready
             self.preparing.append(seq)
 
     def _collect_prepared(self) -> None:
