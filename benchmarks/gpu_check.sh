@@ -27,3 +27,6 @@ step kernels 100 python3 benchmarks/kernels.py
 step gpu_scale 200 python3 benchmarks/gpu_scale.py
 step vision_9b 120 python3 benchmarks/vision_9b.py --json "$LOG_DIR/vision_9b.json"
 step preprocess_cpu 30 python3 benchmarks/preprocess.py --seconds 1
+# serving engine: decode tokens/s (engine with CUDA graphs vs today's loop vs HF static cache + torch.compile)
+step decode 420 python3 benchmarks/decode.py --presets eagle2-1b,eagle2-2b --batch-sizes 1,8,32,64
+step generate_vs_hf 120 python3 benchmarks/generate.py --batch-sizes 1,8 --new-tokens 32
