@@ -38,13 +38,21 @@ class Detokenizer:
         if self.stopped:
             return ""
         self.ids.append(token_id)
-        before = self._decode(self.ids[self.prefix:self.read])
-        after = self._decode(self.ids[self.prefix:])
-        # Wait for the rest of a multi-byte character, but not forever: a UTF-8 character spans at most
-        # MAX_CHAR_TOKENS byte tokens, so after that the bytes are invalid and come out as U+FFFD.
-        if len(after) > len(before) and (not after.endswith("\ufffd") or len(self.ids) - self.read >= MAX_CHAR_TOKENS):
-            self.text += after[len(before):]
-            self.prefix, self.read = self.read, len(self.ids)
+        while True:
+            before = self._decode(self.ids[self.prefix:self.read])
+            after = self._decode(self.ids[self.prefix:])
+            if len(after) > len(before) and not after.endswith("\ufffd"):
+                self.text += after[len(before):]
+                self.prefix, self.read = self.read, len(self.ids)
+                break
+            # Wait for the rest of a multi-byte character, but not forever: a UTF-8 character spans at most
+            # MAX_CHAR_TOKENS byte tokens, so the oldest pending token cannot be part of one that completes
+            # later: release it alone (as U+FFFD if invalid) and look at the rest again, as a decode of all
+            # ids at once would.
+            if len(self.ids) - self.read < MAX_CHAR_TOKENS:
+                break
+            self.text += self._decode(self.ids[self.prefix:self.read + 1])[len(before):]
+            self.prefix, self.read = self.read, self.read + 1
         self._find_stop()
         return self._release(final=self.stopped)
 

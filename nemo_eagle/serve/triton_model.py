@@ -72,7 +72,7 @@ class TritonPythonModel:
     def _observe(self, stats: Any) -> None:
         """Scheduler counters -> Triton metrics, at most every METRICS_S (each update is an IPC round trip)."""
         now = time.monotonic()
-        if now - self.m_last < METRICS_S and stats.waiting == 0:
+        if now - self.m_last < METRICS_S and not stats.idle:
             return
         self.m_last = now
         values = {"waiting": stats.waiting, "preparing": stats.preparing, "running": stats.running,

@@ -11,13 +11,16 @@ import threading
 import time
 
 import httpx
+import pytest
 from serve_helpers import ServeProcess, metric_value
 
 MODEL = "tiny-eagle2"
 
 
-def test_sigterm_drains_in_flight_requests_and_stops_triton(tiny_ckpt, tmp_path):
-    server = ServeProcess(tiny_ckpt, tmp_path / "serve.log", "--max-model-len", "4096", "--drain-timeout", "60")
+@pytest.mark.parametrize("scheduler", ["continuous", "static"])
+def test_sigterm_drains_in_flight_requests_and_stops_triton(tiny_ckpt, tmp_path, scheduler):
+    server = ServeProcess(tiny_ckpt, tmp_path / "serve.log", "--max-model-len", "4096", "--drain-timeout", "60",
+                          "--scheduler", scheduler)
     try:
         server.wait_ready()
         results: dict[str, object] = {}
@@ -59,6 +62,7 @@ def test_sigterm_drains_in_flight_requests_and_stops_triton(tiny_ckpt, tmp_path)
     assert plain.status_code == 200, plain.text
     assert plain.json()["choices"][0]["finish_reason"] in ("stop", "length")
     assert "draining in-flight requests" in logs and "tritonserver stopped (exit code 0)" in logs
+    assert ("continuous batching:" in logs) == (scheduler == "continuous")  # the engine asked for ran
     pid = int(re.search(r"stopping tritonserver \(pid (\d+)\)", logs).group(1))
     time.sleep(0.2)
     try:

@@ -40,6 +40,7 @@ class PreparedJob:
     pixels: list[Tensor]  # per image (tiles, 3, S, S)
     plans: list[TilePlan]
     image_keys: list[tuple]
+    embeds: Tensor | None = None  # (1, L, H) once the scheduler's worker encoded the images and merged them
 
     @property
     def prompt_tokens(self) -> int:

@@ -110,6 +110,14 @@ class ModelRunner:
         return out.logits[0, -1]
 
     @torch.inference_mode()
+    def prepare_graphs(self) -> None:
+        """Build (and on a GPU capture) the fixed-size step of every bucket now, before serving: a capture must
+        not overlap other threads' work on the device (the vision tower runs in preprocessing workers)."""
+        for b in self.buckets:
+            if b not in self._static:
+                self._static[b] = _StaticStep(self, b)
+
+    @torch.inference_mode()
     def decode(self, slots: list[int], tokens: Tensor, lengths: Tensor) -> Tensor:
         """One token per sequence: row i is ``tokens[i]`` at position ``lengths[i]`` of ``slots[i]``. (B, V)."""
         if self.graphs:

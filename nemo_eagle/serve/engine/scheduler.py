@@ -1,11 +1,12 @@
 """Iteration-level scheduling (continuous batching) over a preallocated slot KV cache.
 
 One thread runs the loop; each iteration:
-1. takes newly submitted jobs and hands their preprocessing (image decode, tiling, tokenising) to a worker pool,
-   so tiling many images overlaps the decoding of others;
+1. takes newly submitted jobs and hands their preparation (image decode, tiling, tokenising, the vision tower
+   or the vision cache, the merge into the prompt embeddings) to a worker pool, so a request with many images
+   does not stall the decoding of the others;
 2. admits prepared jobs in arrival order while a cache slot is free (admission control: the others wait, and
-   the queue length is reported); a job's images go through the vision tower here (or the vision cache);
-3. runs one prompt chunk (at most ``prefill_chunk`` tokens) of the oldest job still in prefill, so a long
+   the queue length is reported);
+3. runs prompt chunks of the jobs in prefill, oldest first, up to ``prefill_chunk`` tokens in all, so a long
    image prompt never stalls the running sequences for more than one chunk;
 4. runs one decode step over every sequence past its prefill, samples per row, streams text, and releases the
    slot of every sequence that finished or whose client cancelled.
@@ -54,6 +55,7 @@ class SchedulerStats:
     vision_misses: int = 0
     vision_seconds_saved: float = 0.0
     vision_seconds: float = 0.0
+    idle: bool = False  # the last iteration had nothing to do (observers: report now, it may sleep a while)
 
 
 @dataclass(eq=False)
@@ -110,6 +112,8 @@ class Scheduler:
 
     # ----------------------------------------------------------------------------------------- control
     def start(self) -> Scheduler:
+        if self.runner.graphs:  # capture every bucket before any other thread runs the model
+            self.runner.prepare_graphs()
         self.thread = threading.Thread(target=self._loop, name="eagle-scheduler", daemon=True)
         self.thread.start()
         return self
@@ -156,7 +160,7 @@ class Scheduler:
         self._collect_prepared()
         self._check_cancelled()
         self._admit()
-        worked = self._prefill_one()
+        worked = self._prefill()
         worked = self._decode_step() or worked
         s = self.stats
         s.waiting, s.preparing, s.running = len(self.waiting), len(self.preparing), len(self.prefilling) + len(
@@ -165,6 +169,7 @@ class Scheduler:
         if vc is not None:
             s.vision_hits, s.vision_misses, s.vision_seconds_saved = vc.stats.hits, vc.stats.misses, vc.stats.seconds_saved
         s.vision_seconds = self.runner.vision_seconds
+        s.idle = not worked
         if self.on_step is not None:
             self.on_step(s)
         return worked
@@ -176,9 +181,18 @@ class Scheduler:
             except queue.Empty:
                 return
             self.stats.submitted += 1
-            seq.future = self.pool.submit(self.engine.prepare, seq.job)
+            seq.future = self.pool.submit(self._prepare, seq.job)
             seq.future.add_done_callback(lambda _: self.wake.set())  # admit it as soon as it is ready
             self.preparing.append(seq)
+
+    def _prepare(self, job: GenerationJob) -> Any:
+        """In a worker: the job's inputs, and its prompt embeddings (images through the vision cache or tower)."""
+        prep = self.engine.prepare(job)
+        if prep.prompt_tokens + job.max_new_tokens <= self.max_len:
+            feats = self.runner.image_features(prep.pixels, prep.image_keys)
+            prep.embeds = self.runner.embed(prep.input_ids, feats)
+        prep.pixels = []  # tiles are not needed once encoded
+        return prep
 
     def _collect_prepared(self) -> None:
         still = []
@@ -224,9 +238,7 @@ class Scheduler:
             seq = self.waiting.popleft()
             seq.slot = cache.allocate()
             job, prep = seq.job, seq.prepared
-            feats = self.runner.image_features(prep.pixels, prep.image_keys)
-            seq.embeds = self.runner.embed(prep.input_ids, feats)
-            seq.prepared.pixels = []  # tiles are not needed once encoded
+            seq.embeds, prep.embeds = prep.embeds, None
             eos = self.tokenizer.eos_token_id
             seq.cfg = GenerationConfig(max_new_tokens=job.max_new_tokens, do_sample=job.temperature > 0,
                                        temperature=job.temperature or 1.0, top_p=job.top_p, eos_token_id=eos,
@@ -235,22 +247,25 @@ class Scheduler:
             seq.detok = Detokenizer(self.tokenizer, job.stop)
             self.prefilling.append(seq)
 
-    def _prefill_one(self) -> bool:
-        if not self.prefilling:
-            return False
-        seq = self.prefilling[0]
-        total = seq.embeds.shape[1]
-        end = min(total, seq.pos + self.prefill_chunk)
-        logits = self.runner.prefill(seq.slot, seq.embeds[:, seq.pos:end], seq.pos)
-        seq.pos = end
-        if end < total:
-            return True
-        self.prefilling.pop(0)
-        seq.embeds = None
-        token = sample_rows(logits[None], [seq.cfg], [seq.generator])[0]
-        self.decoding.append(seq)
-        self._emit_token(seq, token)
-        return True
+    def _prefill(self) -> bool:
+        """Prompt chunks of the jobs in prefill, oldest first, ``prefill_chunk`` tokens in all this step."""
+        budget, worked = self.prefill_chunk, False
+        for seq in list(self.prefilling):
+            if budget <= 0:
+                break
+            total = seq.embeds.shape[1]
+            end = min(total, seq.pos + budget)
+            logits = self.runner.prefill(seq.slot, seq.embeds[:, seq.pos:end], seq.pos)
+            budget -= end - seq.pos
+            seq.pos, worked = end, True
+            if end < total:
+                break
+            self.prefilling.remove(seq)
+            seq.embeds = None
+            token = sample_rows(logits[None], [seq.cfg], [seq.generator])[0]
+            self.decoding.append(seq)
+            self._emit_token(seq, token)
+        return worked
 
     def _decode_step(self) -> bool:
         if not self.decoding:
