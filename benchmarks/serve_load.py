@@ -227,10 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="tiny,mid", help="comma list of tiny (the test fixture) and mid "
                    "(Eagle2-1B shapes with --mid-layers layers)")
     p.add_argument("--requests", type=int, default=64)
-    p.add_argument("--rate", type=float, default=None, help="arrivals per second (default: 8 tiny, 2 mid)")
+    p.add_argument("--rate", type=float, default=None, help="arrivals per second (default: 8 tiny, 1 mid)")
     p.add_argument("--min-tokens", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--mid-max-tokens", type=int, default=64, help="--max-tokens for the mid-size model (CPU time)")
+    p.add_argument("--mid-max-tokens", type=int, default=32, help="--max-tokens for the mid-size model (CPU time)")
+    p.add_argument("--mid-max-tiles", type=int, default=1, help="--max-tiles for the mid-size model (CPU time)")
     p.add_argument("--image-share", type=float, default=0.3)
     p.add_argument("--repeat-share", type=float, default=0.5, help="of the image requests, share re-sending one")
     p.add_argument("--max-tiles", type=int, default=2)
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                 path, model_args.rate = TINY, args.rate or 8.0
             elif name == "mid":
                 path = mid_size_checkpoint(tmp / "mid", args.mid_layers)
-                model_args.rate, model_args.max_tokens = args.rate or 2.0, min(args.max_tokens, args.mid_max_tokens)
+                model_args.rate, model_args.max_tokens = args.rate or 1.0, min(args.max_tokens, args.mid_max_tokens)
+                model_args.max_tiles = args.mid_max_tiles
                 model_args.min_tokens = min(args.min_tokens, model_args.max_tokens)
             else:
                 p.error(f"unknown model {name!r}: use tiny or mid")
