@@ -20,7 +20,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from nemo_eagle.serve.state import ServeState, error_response
 from nemo_eagle.serve.engine import EngineError, GenerationEvent, GenerationJob, RequestPlan
 from nemo_eagle.serve.media import FetchedImage
 from nemo_eagle.serve.schema import (
@@ -36,6 +35,7 @@ from nemo_eagle.serve.schema import (
     ImagePart,
     Usage,
 )
+from nemo_eagle.serve.state import ServeState, error_response
 
 log = logging.getLogger("nemo_eagle.serve")
 router = APIRouter()

@@ -12,7 +12,6 @@ import logging
 import numpy as np
 from fastapi import APIRouter, Request
 
-from nemo_eagle.serve.state import ServeState
 from nemo_eagle.serve.engine import EngineError
 from nemo_eagle.serve.schema import (
     Embedding,
@@ -24,6 +23,7 @@ from nemo_eagle.serve.schema import (
     RankingRequest,
     RankingResponse,
 )
+from nemo_eagle.serve.state import ServeState
 
 log = logging.getLogger("nemo_eagle.serve")
 router = APIRouter()

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from nemo_eagle.modeling.generation import GenerationConfig, last_logits_kwargs, sample_next
+from nemo_eagle.modeling.lm_io import cache_kwargs
 from nemo_eagle.serve.engine.kv_cache import CacheShape, SlotKVCache
 from nemo_eagle.serve.engine.vision_cache import VisionCache
 
@@ -30,8 +31,6 @@ class ModelRunner:
         self.device, self.dtype = model.device, model.dtype
         self.bool_mask = getattr(self.lm.config, "_attn_implementation", "sdpa") != "eager"
         self.logits_kw = last_logits_kwargs(self.lm)
-        from nemo_eagle.modeling.eagle import cache_kwargs
-
         self._cache_kwargs = lambda view: cache_kwargs(self.lm, view)
         self.vision_seconds = 0.0  # time spent in the vision tower (misses only)
         if graphs and cache.scratch is None:
