@@ -83,13 +83,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args) -> tuple[subprocess.Popen, str]:
+def start_server(args, *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "nemo_eagle.cli", "serve", "--model", str(args.model), "--port", str(port),
            "--host", "127.0.0.1", "--triton-grpc-port", "0", "--triton-http-port", "0", "--triton-metrics-port", "0",
            "--max-model-len", str(args.max_model_len), "--triton-max-batch-size", str(args.max_batch_size),
            "--max-num-seqs", str(args.max_batch_size),
-           "--log-level", "WARNING", "--disable-log-requests"]
+           "--log-level", "WARNING", "--disable-log-requests", *extra]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     return proc, f"http://127.0.0.1:{port}"
 
@@ -206,36 +206,45 @@ async def compare(url: str, model_id: str, requests, args) -> tuple[Result, Resu
         await local_close()
 
 
-async def overhead(url: str, model_id: str, args) -> str:
+async def overhead(url: str, model_id: str, args, local_url: str | None = None) -> str:
     """Fixed cost per request: 1-token text-only chats one at a time, REST -> Triton -> model against the
-    in-process engine, alternating; and a readiness probe."""
+    in-process engine, alternating; with ``local_url`` (a ``--backend local`` server) also REST -> model in the
+    REST process, which splits the added time into the REST front and the Triton hop; and a readiness probe."""
     import httpx
 
     one_token = argparse.Namespace(**{**vars(args), "max_tokens": 1, "max_tiles": 1})
-    rest_one, rest_close = rest_path(url, model_id, one_token)
-    local_one, local_close = await local_path(one_token)
-    rest, local, ready = [], [], []
+    paths = {"triton": rest_path(url, model_id, one_token), "engine": await local_path(one_token)}
+    if local_url:
+        paths["rest_local"] = rest_path(local_url, model_id, one_token)
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    ready = []
     try:
         req = ("Hi", [])
         for _ in range(3):  # warm-up
-            await rest_one(req)
-            await local_one(req)
+            for one, _ in paths.values():
+                await one(req)
         async with httpx.AsyncClient(timeout=10) as client:
             for _ in range(args.overhead_requests):
-                for one, out in ((rest_one, rest), (local_one, local)):
+                for name, (one, _) in paths.items():
                     t0 = time.perf_counter()
                     await one(req)
-                    out.append(time.perf_counter() - t0)
+                    times[name].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 await client.get(url + "/v1/health/ready")
                 ready.append(time.perf_counter() - t0)
     finally:
-        await rest_close()
-        await local_close()
-    p50 = lambda xs: statistics.median(xs) * 1e3
-    return (f"fixed overhead, 1 output token, {args.overhead_requests} sequential requests: REST -> Triton -> model "
-            f"p50 {p50(rest):.1f} ms, in-process engine p50 {p50(local):.1f} ms, added by serving "
-            f"{p50(rest) - p50(local):+.1f} ms p50 (target <= 5 ms); /v1/health/ready p50 {p50(ready):.1f} ms")
+        for _, close in paths.values():
+            await close()
+    p50 = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    out = (f"fixed overhead, 1 output token, {args.overhead_requests} sequential requests: REST -> Triton -> model "
+           f"p50 {p50['triton']:.1f} ms, in-process engine p50 {p50['engine']:.1f} ms, added by serving "
+           f"{p50['triton'] - p50['engine']:+.1f} ms p50 (target <= 5 ms); /v1/health/ready p50 "
+           f"{statistics.median(ready) * 1e3:.1f} ms")
+    if "rest_local" in p50:
+        out += (f"\n  where it goes: REST front (openai client + uvicorn/FastAPI + planning, engine in the REST "
+                f"process) {p50['rest_local'] - p50['engine']:+.1f} ms, Triton hop (gRPC stream + Python-backend IPC) "
+                f"{p50['triton'] - p50['rest_local']:+.1f} ms")
+    return out
 
 
 def report(rest: Result, local: Result, args) -> str:
@@ -290,11 +299,16 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%d requests at concurrency %d: REST (%s) and in-process, alternating in %d rounds",
                  len(requests), args.concurrency, url, args.rounds)
         rest, local = asyncio.run(compare(url, model_id, requests, args))
-        fixed = asyncio.run(overhead(url, model_id, args)) if args.overhead_requests else ""
+        fixed, local_proc = "", None
+        if args.overhead_requests:
+            local_proc, local_url = start_server(args, "--backend", "local")
+            wait_ready(local_url, local_proc, args.startup_timeout)
+            fixed = asyncio.run(overhead(url, model_id, args, local_url))
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(120)
+        for p_ in (proc, locals().get("local_proc")):
+            if p_ is not None:
+                p_.terminate()
+                p_.wait(120)
     print(report(rest, local, args))
     if fixed:
         print(fixed)
