@@ -100,7 +100,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str | No
     return 422, "invalid request: " + "; ".join(parts) + more, param
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:  # async: a sync dependency costs a thread hop
     st: ServeState = request.app.state.serve
     key = st.settings.api_key
     if key is None:
