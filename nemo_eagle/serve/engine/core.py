@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nemo_eagle.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from nemo_eagle.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image, load_pil
 from nemo_eagle.data.padding import pad_rows
 from nemo_eagle.data.processor import IMG_CONTEXT, IMG_END, IMG_START, EagleProcessor
+from nemo_eagle.data.processor import _size as image_size
 from nemo_eagle.modeling.detokenizer import Detokenizer
 from nemo_eagle.serve.engine.vision_cache import image_key
 from nemo_eagle.serve.engine.wire import EngineError, GenerationEvent, GenerationJob, RequestPlan
@@ -162,7 +163,7 @@ class Engine:
         proc = self.processor
         limit = job.max_image_pixels or DEFAULT_MAX_PIXELS
         try:
-            tensors = [load_image(data, name=f"image {i}", max_pixels=limit) for i, data in enumerate(job.images)]
+            tensors = [self._load(data, f"image {i}", limit) for i, data in enumerate(job.images)]
         except ImageError as e:
             too_big = "exceeds the limit" in str(e)
             raise EngineError(str(e), status=413 if too_big else 400,
@@ -176,9 +177,10 @@ class Engine:
             plans = [plan_from_dict(d, tile_size=t.tile_size, tokens_per_tile=proc.tokens_per_tile,
                                     max_tiles=max(t.max_tiles, job.max_tiles or 0)) for d in job.tiling]
             for i, (x, p) in enumerate(zip(tensors, plans)):
-                if (int(x.shape[-1]), int(x.shape[-2])) != (p.width, p.height):
+                w, h = image_size(x)
+                if (w, h) != (p.width, p.height):
                     raise EngineError(f"image {i}: the tiling plan is for a {p.width}x{p.height} image but the image "
-                                      f"decodes to {int(x.shape[-1])}x{int(x.shape[-2])}", param="tiling")
+                                      f"decodes to {w}x{h}", param="tiling")
         n = proc.count_image_placeholders(job.prompt)
         if n != len(tensors):
             raise EngineError(f"the prompt has {n} image placeholders but {len(tensors)} images were given")
@@ -186,6 +188,12 @@ class Engine:
         ids = proc.tokenizer.encode(proc.expand_prompt(job.prompt, [p.num_tiles for p in plans]))
         keys = [image_key(data, p) for data, p in zip(job.images, plans)]
         return PreparedJob(torch.tensor([ids], dtype=torch.long), pixels, plans, keys)
+
+    def _load(self, data: bytes, name: str, max_pixels: int) -> Any:
+        """One image as this checkpoint's contract tiles it (``EagleProcessor.load``), under the pixel limit."""
+        if self.processor.tiling.resize == "pil":
+            return load_pil(data, name=name, max_pixels=max_pixels, alpha=self.processor.tiling.alpha)
+        return load_image(data, name=name, max_pixels=max_pixels)
 
     def scheduler(self, **kwargs: Any) -> Any:
         """A continuous-batching ``Scheduler`` over this engine's model (see ``scheduler.py`` for the options)."""
