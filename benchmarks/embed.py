@@ -113,10 +113,16 @@ def main() -> None:
     print(f"{'':24}{'single':>12}{'multi':>12}   (store / brute-force baseline)")
     for key, label in (("index_ratio", "index time ratio"), ("search_ratio", "search p50 ratio")):
         print(f"{label:24}{results['single'][key]:11.2f}x{results['multi'][key]:11.2f}x")
-    for key, label in (("brute_force_search_p50_ms", "baseline search p50 ms"), ("store_search_p50_ms", "store search p50 ms"),
-                       ("store_search_p95_ms", "store search p95 ms"), ("top1_agreement", "top-1 agreement")):
+    for key, label in (
+        ("brute_force_search_p50_ms", "baseline search p50 ms"),
+        ("store_search_p50_ms", "store search p50 ms"),
+        ("store_search_p95_ms", "store search p95 ms"),
+        ("top1_agreement", "top-1 agreement"),
+    ):
         print(f"{label:24}{results['single'][key]:12.3f}{results['multi'][key]:12.3f}")
-    print(json.dumps({"device": dev, **{f"{mode}.{k}": round(v, 4) for mode, r in results.items() for k, v in r.items()}}))
+    print(
+        json.dumps({"device": dev, **{f"{mode}.{k}": round(v, 4) for mode, r in results.items() for k, v in r.items()}})
+    )
 
 
 if __name__ == "__main__":

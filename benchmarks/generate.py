@@ -76,8 +76,11 @@ def main() -> int:
     model = EagleModel(cfg, dtype=dtype).to(args.device).eval()
     n_params = sum(p.numel() for p in model.parameters()) / 1e9
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"{args.preset} ({cfg.llm.num_hidden_layers} LLM layers, {n_params:.2f}B params, random weights), {args.dtype}, "
-          f"{name}; {args.tiles} tiles/prompt = {args.tiles * cfg.tokens_per_tile} image tokens + {args.text_tokens} text")
+    print(
+        f"{args.preset} ({cfg.llm.num_hidden_layers} LLM layers, {n_params:.2f}B params, random weights), "
+        f"{args.dtype}, "
+        f"{name}; {args.tiles} tiles/prompt = {args.tiles * cfg.tokens_per_tile} image tokens + {args.text_tokens} text"
+    )
     print(f"{'batch':>5} {'prefill ms':>11} {'decode tok/s':>13} {'e2e tok/s':>10} {'vs batch 1':>11} "
           f"{'HF e2e tok/s':>13} {'vs HF':>7} {'same ids':>9}")
     base = None

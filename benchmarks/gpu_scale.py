@@ -104,7 +104,10 @@ def parity(fixtures: Path | None) -> dict:
         ckpt = create_tiny(Path(tmp.name) / "tiny")
     ref = EagleModel.from_pretrained(ckpt, dtype=torch.float32, attn_implementation="eager", device="cuda")
     batch = {k: v.cuda() for k, v in sample_batch(ckpt, ref.config).items()}
-    out = {"checkpoint": "fixture tiny-eagle2" if tmp is None else "fresh tiny random", "tokens": batch["input_ids"].shape[1]}
+    out = {
+        "checkpoint": "fixture tiny-eagle2" if tmp is None else "fresh tiny random",
+        "tokens": batch["input_ids"].shape[1],
+    }
     with torch.no_grad():
         want = ref(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"]).logits.float()
     hf = bridge.HFWeights(ckpt)
@@ -114,7 +117,9 @@ def parity(fixtures: Path | None) -> dict:
         parallel.initialize(1, 1)
         model = build_model(cfg, MegatronOptions(dtype=dtype, impl=IMPL))
         full = bridge.hf_to_megatron(hf, cfg, model.padded_vocab_size)
-        model.load_state_dict({k: v.cuda() for k, v in bridge.stage_state_dict(model, full, 0, 1).items()}, strict=False)
+        model.load_state_dict(
+            {k: v.cuda() for k, v in bridge.stage_state_dict(model, full, 0, 1).items()}, strict=False
+        )
         model.eval()
         with torch.no_grad():
             got = model.gather_logits(model(batch["input_ids"], batch["pixel_values"].to(model.options.torch_dtype)))
@@ -220,15 +225,22 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name()
     peak = peak_bf16(name)
     matmul = measured_matmul_tflops()
-    print(f"device: {name}; dense bf16 peak {peak or 'unknown'} TFLOP/s; measured 8192^3 bf16 matmul {matmul:.0f} TFLOP/s")
-    print(f"layer specs: {IMPL}" + ("" if IMPL == "transformer_engine" else " (transformer_engine not importable: FP8 runs skipped)"))
+    print(
+        f"device: {name}; dense bf16 peak {peak or 'unknown'} TFLOP/s; measured 8192^3 bf16 matmul {matmul:.0f} TFLOP/s"
+    )
+    print(
+        f"layer specs: {IMPL}"
+        + ("" if IMPL == "transformer_engine" else " (transformer_engine not importable: FP8 runs skipped)")
+    )
     failed = False
     if not args.skip_parity:
         p = parity(args.fixtures if args.fixtures.is_dir() else None)
         print("parity:", json.dumps(p))
         failed = not all(v for k, v in p.items() if k.endswith("_ok"))
-    runs = [("2b", "Eagle2-2B-sized (28 layers)", None, 4096, 6), ("9b", f"Eagle2-9B-sized ({args.layers_9b}/28 layers)",
-                                                                    args.layers_9b, 2048, 4)]
+    runs = [
+        ("2b", "Eagle2-2B-sized (28 layers)", None, 4096, 6),
+        ("9b", f"Eagle2-9B-sized ({args.layers_9b}/28 layers)", args.layers_9b, 2048, 4),
+    ]
     rows = []
     for key, label, layers, seq_len, tiles in runs:
         if args.only and key != args.only:

@@ -77,7 +77,7 @@ def measure_peaks() -> tuple[float, float]:
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     ms = gpu_ms(lambda: a @ b)
     tflops = 2 * n**3 / (ms * 1e-3) / 1e12
-    del src, dst, a, b
+    src = dst = a = b = None  # release the buffers before emptying the cache
     torch.cuda.empty_cache()
     return bandwidth, tflops
 

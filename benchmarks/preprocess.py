@@ -37,7 +37,10 @@ def pil_per_tile(img: Image.Image, cfg: TilingConfig) -> np.ndarray:
     cols, rows = plan.grid
     s = cfg.tile_size
     resized = rgb.resize((cols * s, rows * s), Image.BICUBIC)
-    crops = [resized.crop(((k % cols) * s, (k // cols) * s, (k % cols + 1) * s, (k // cols + 1) * s)) for k in range(cols * rows)]
+    crops = [
+        resized.crop(((k % cols) * s, (k // cols) * s, (k % cols + 1) * s, (k // cols + 1) * s))
+        for k in range(cols * rows)
+    ]
     if plan.has_thumbnail:
         crops.append(rgb.resize((s, s), Image.BICUBIC))
     tiles = []

@@ -255,12 +255,15 @@ def report(rest: Result, local: Result, args) -> str:
     for name, r in rows:
         lines.append(f"{name:<26}{r.throughput:>9.2f}{r.tokens_per_s:>10.1f}{r.pct(0.5):>9.3f}{r.pct(0.95):>9.3f}"
                      f"{r.errors:>8}")
-    ratio = lambda a, b: a / b if b else float("nan")
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("nan")
+
     lines.append(f"ratio REST/in-process: throughput {ratio(rest.throughput, local.throughput):.2f}x, "
                  f"p50 latency {ratio(rest.pct(0.5), local.pct(0.5)):.2f}x, "
                  f"p95 latency {ratio(rest.pct(0.95), local.pct(0.95)):.2f}x")
     if rest.latencies and local.latencies:
-        lines.append(f"mean serving overhead per request: {statistics.mean(rest.latencies) - statistics.mean(local.latencies):+.3f}s")
+        overhead = statistics.mean(rest.latencies) - statistics.mean(local.latencies)
+        lines.append(f"mean serving overhead per request: {overhead:+.3f}s")
     return "\n".join(lines)
 
 

@@ -213,9 +213,11 @@ def report(name: str, load: list[Request], results: list[dict]) -> str:
     cont = next(r for r in results if r["mode"] == "continuous")
     static = next(r for r in results if r["mode"] == "static")
     s = cont["stats"]
-    lines.append(f"  vision cache (continuous): {s.get('vision_hits', 0)} hits / {s.get('vision_misses', 0)} misses, "
-                 f"{s.get('vision_seconds_saved', 0.0):.3f}s of vision tower saved, {s.get('vision_seconds', 0.0):.3f}s "
-                 f"spent on misses; {repeats} repeated images in the load")
+    lines.append(
+        f"  vision cache (continuous): {s.get('vision_hits', 0)} hits / {s.get('vision_misses', 0)} misses, "
+        f"{s.get('vision_seconds_saved', 0.0):.3f}s of vision tower saved, {s.get('vision_seconds', 0.0):.3f}s "
+        f"spent on misses; {repeats} repeated images in the load"
+    )
     lines.append(f"  ratio continuous/static: tokens/s {cont['tok_s'] / static['tok_s']:.2f}x, TTFT p95 "
                  f"{cont['ttft95'] / static['ttft95']:.2f}x, TTFT p50 {cont['ttft50'] / static['ttft50']:.2f}x, "
                  f"ITL p95 {cont['itl95'] / static['itl95']:.2f}x")

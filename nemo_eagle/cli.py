@@ -15,7 +15,9 @@ from typing import Any
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def add_dtype_arg(p: Any, *, default: str | None = None, help_default: str = "the checkpoint's; float32 on CPU") -> None:
+def add_dtype_arg(
+    p: Any, *, default: str | None = None, help_default: str = "the checkpoint's; float32 on CPU"
+) -> None:
     p.add_argument("--dtype", default=default, choices=DTYPES, help=f"weights dtype (default: {help_default})")
 
 

@@ -80,8 +80,12 @@ def chat_main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="nemo-eagle chat", description="Ask an Eagle2 model about images.")
     p.add_argument("question")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"HF directory, .nemo file or hub id (default {DEFAULT_MODEL})")
-    p.add_argument("--image", action="append", default=[], help="image file ('example' = the bundled chart); repeatable")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"HF directory, .nemo file or hub id (default {DEFAULT_MODEL})"
+    )
+    p.add_argument(
+        "--image", action="append", default=[], help="image file ('example' = the bundled chart); repeatable"
+    )
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer length limit (default 256; 32 on the random fallback)")
     p.add_argument("--max-tiles", type=int, default=None, help="override the checkpoint's tile limit")

@@ -130,7 +130,9 @@ class TilingConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_tiles <= self.max_tiles:
-            raise ValueError(f"need 1 <= min_tiles <= max_tiles, got min_tiles={self.min_tiles}, max_tiles={self.max_tiles}")
+            raise ValueError(
+                f"need 1 <= min_tiles <= max_tiles, got min_tiles={self.min_tiles}, max_tiles={self.max_tiles}"
+            )
         if self.prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"unknown prompt_format {self.prompt_format!r}; choose one of {PROMPT_FORMATS}")
         if self.resize not in RESIZE_BACKENDS:

@@ -24,7 +24,9 @@ def resolve_checkpoint(name: str | os.PathLike) -> Path:
     if s.startswith("hf://"):
         s = s[len("hf://"):]
     if not _HUB_ID.match(s):
-        raise FileNotFoundError(f"model {str(name)!r} not found: no such local path, and not a hub id like nvidia/Eagle2-1B")
+        raise FileNotFoundError(
+            f"model {str(name)!r} not found: no such local path, and not a hub id like nvidia/Eagle2-1B"
+        )
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:  # pragma: no cover - huggingface_hub is a core dependency

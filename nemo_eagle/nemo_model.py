@@ -103,8 +103,14 @@ class EagleNeMoModel(ModelPT):
             _PREBUILT.reset(token)
 
     @classmethod
-    def from_hf(cls, path: str | Path, *, trainer: Trainer | None = None, dtype: torch.dtype | str | None = torch.float32,
-                attn_implementation: str = "sdpa") -> EagleNeMoModel:
+    def from_hf(
+        cls,
+        path: str | Path,
+        *,
+        trainer: Trainer | None = None,
+        dtype: torch.dtype | str | None = torch.float32,
+        attn_implementation: str = "sdpa",
+    ) -> EagleNeMoModel:
         """Import an HF checkpoint directory or hub id (training keeps fp32 master weights by default)."""
         from nemo_eagle.checkpoint import open_checkpoint
 

@@ -44,7 +44,9 @@ def grid_score(cols: int, rows: int, width: int, height: int, tile_size: int) ->
     return min(cols * rows * tile_size * tile_size / area, AREA_CAP) * min(grid_aspect / aspect, aspect / grid_aspect)
 
 
-def select_grid(width: int, height: int, *, min_tiles: int = 1, max_tiles: int = 12, tile_size: int = 448) -> tuple[int, int]:
+def select_grid(
+    width: int, height: int, *, min_tiles: int = 1, max_tiles: int = 12, tile_size: int = 448
+) -> tuple[int, int]:
     """The (cols, rows) grid Eagle2 picks for a width x height image: the first strictly-best candidate."""
     if width <= 0 or height <= 0:
         raise ValueError(f"image has no pixels ({width}x{height})")
@@ -91,8 +93,11 @@ class TilePlan:
 
     def describe(self) -> str:
         cols, rows = self.grid
-        s = (f"{self.width}x{self.height} -> grid {cols}x{rows} ({cols * self.tile_size}x{rows * self.tile_size}), "
-             f"{self.num_tiles} tile{'' if self.num_tiles == 1 else 's'}{' incl. thumbnail' if self.has_thumbnail else ''}, {self.num_tokens} image tokens")
+        s = (
+            f"{self.width}x{self.height} -> grid {cols}x{rows} ({cols * self.tile_size}x{rows * self.tile_size}), "
+            f"{self.num_tiles} tile{'' if self.num_tiles == 1 else 's'}"
+            f"{' incl. thumbnail' if self.has_thumbnail else ''}, {self.num_tokens} image tokens"
+        )
         if self.reduced:
             s += f" (max_tiles lowered {self.requested_max_tiles} -> {self.max_tiles} to fit the token budget)"
         return s
@@ -131,8 +136,18 @@ def plan_tiles(
             n = count_tiles(grid, use_thumbnail)
         if n * tokens_per_tile > max_image_tokens:
             notes.append(f"budget of {max_image_tokens} tokens is below one tile ({tokens_per_tile}); using 1 tile")
-    plan = TilePlan(width=width, height=height, grid=grid, num_tiles=n, tile_size=tile_size, use_thumbnail=use_thumbnail,
-                    max_tiles=limit, requested_max_tiles=max_tiles, tokens_per_tile=tokens_per_tile, notes=tuple(notes))
+    plan = TilePlan(
+        width=width,
+        height=height,
+        grid=grid,
+        num_tiles=n,
+        tile_size=tile_size,
+        use_thumbnail=use_thumbnail,
+        max_tiles=limit,
+        requested_max_tiles=max_tiles,
+        tokens_per_tile=tokens_per_tile,
+        notes=tuple(notes),
+    )
     if plan.reduced:
         log.info("tiling plan reduced: %s", plan.describe())
     return plan

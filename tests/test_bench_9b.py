@@ -1,4 +1,4 @@
-"""benchmarks/vision_9b.py runs its logic on CPU at tiny sizes (the GPU run at the released sizes is in gpu_check.sh)."""
+"""benchmarks/vision_9b.py runs its logic on CPU at tiny sizes (the GPU run at released sizes is in gpu_check.sh)."""
 
 import importlib.util
 import json

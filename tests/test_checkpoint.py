@@ -31,7 +31,9 @@ def batch_inputs(fixtures_dir):
 def _run(path, images, **kw):
     proc = EagleProcessor.from_pretrained(path)
     model = EagleModel.from_pretrained(path, **kw)
-    prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}])
+    prompt = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    )
     batch = proc(text=prompt, images=images, max_tiles=2)
     with torch.no_grad():
         logits = model(**batch).logits

@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from nemo_eagle.cli import main
 
 

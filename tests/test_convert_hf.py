@@ -36,13 +36,35 @@ def test_config_json_round_trip_keeps_keys(tiny_ckpt):
 
 
 def test_legacy_eagle_chat_config():
-    hf = {"model_type": "eagle_chat", "select_layer": -1, "downsample_ratio": 0.5, "max_dynamic_patch": 6,
-          "min_dynamic_patch": 1, "use_thumbnail": True, "force_image_size": 448,
-          "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 64, "num_hidden_layers": 2,
-                            "num_attention_heads": 4, "intermediate_size": 128, "image_size": 448, "patch_size": 14},
-          "llm_config": {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
-                         "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 431,
-                         "rope_theta": 1000000.0, "tie_word_embeddings": False}}
+    hf = {
+        "model_type": "eagle_chat",
+        "select_layer": -1,
+        "downsample_ratio": 0.5,
+        "max_dynamic_patch": 6,
+        "min_dynamic_patch": 1,
+        "use_thumbnail": True,
+        "force_image_size": 448,
+        "vision_config": {
+            "model_type": "siglip_vision_model",
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 128,
+            "image_size": 448,
+            "patch_size": 14,
+        },
+        "llm_config": {
+            "architectures": ["Qwen2ForCausalLM"],
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 128,
+            "vocab_size": 431,
+            "rope_theta": 1000000.0,
+            "tie_word_embeddings": False,
+        },
+    }
     cfg = config_from_hf(hf)
     assert cfg.format == "eagle_chat" and cfg.tiling.prompt_format == "eagle_chat"
     assert cfg.tiling.max_tiles == 6 and cfg.llm.model_type == "qwen2" and not cfg.llm.tie_word_embeddings
@@ -52,7 +74,12 @@ def test_legacy_eagle_chat_config():
 
 def test_presets_have_spec_shapes():
     one = get_preset("nvidia/Eagle2-1B")
-    assert (one.llm.hidden_size, one.llm.num_hidden_layers, one.llm.num_attention_heads, one.llm.num_key_value_heads) == (896, 24, 14, 2)
+    assert (
+        one.llm.hidden_size,
+        one.llm.num_hidden_layers,
+        one.llm.num_attention_heads,
+        one.llm.num_key_value_heads,
+    ) == (896, 24, 14, 2)
     assert one.tokens_per_tile == 256 and one.vision.hidden_size == 1152 and one.llm.tie_word_embeddings
     nine = get_preset("Eagle2-9B")
     assert nine.vision.is_mixture and nine.projector_in_features == 4 * 1152 + 3072 and not nine.llm.tie_word_embeddings
@@ -95,12 +122,16 @@ def test_misshaped_tensor_is_named(tiny_ckpt, tmp_path):
     def edit(t):
         t["language_model.model.layers.0.mlp.up_proj.weight"] = torch.zeros(3, 3)
     ck = _copy_ckpt(tiny_ckpt, tmp_path / "s", edit)
-    with pytest.raises(CheckpointError, match=r"language_model\.model\.layers\.0\.mlp\.up_proj\.weight has shape \(3, 3\)"):
+    with pytest.raises(
+        CheckpointError, match=r"language_model\.model\.layers\.0\.mlp\.up_proj\.weight has shape \(3, 3\)"
+    ):
         EagleModel.from_pretrained(ck)
 
 
 def test_vision_head_is_ignored_and_strangers_rejected(tiny_ckpt, tmp_path):
-    ck = _copy_ckpt(tiny_ckpt, tmp_path / "h", lambda t: t.update({"vision_model.vision_model.head.probe": torch.zeros(1, 1, 64)}))
+    ck = _copy_ckpt(
+        tiny_ckpt, tmp_path / "h", lambda t: t.update({"vision_model.vision_model.head.probe": torch.zeros(1, 1, 64)})
+    )
     EagleModel.from_pretrained(ck)  # head.* is present in some official files and unused
     ck2 = _copy_ckpt(tiny_ckpt, tmp_path / "x", lambda t: t.update({"some_other_model.weight": torch.zeros(2)}))
     with pytest.raises(CheckpointError, match="unexpected tensor 'some_other_model.weight'"):

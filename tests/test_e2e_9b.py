@@ -43,7 +43,9 @@ def sensitive(ckpt, tmp_path_factory):
 
 
 def _batch(proc, img):
-    prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}])
+    prompt = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    )
     return proc(text=prompt, images=[img])
 
 
@@ -103,7 +105,10 @@ def test_nemo_both_ways_is_bitwise_and_keeps_the_contract(ckpt, image, tmp_path,
     ref = EagleProcessor.from_pretrained(ckpt)
     b1, b2 = _batch(proc, str(image)), _batch(ref, str(image))
     assert torch.equal(b1["input_ids"], b2["input_ids"]) and torch.equal(b1["pixel_values"], b2["pixel_values"])
-    m1, m2 = EagleModel.from_pretrained(nemo, dtype=torch.float32), EagleModel.from_pretrained(ckpt, dtype=torch.float32)
+    m1, m2 = (
+        EagleModel.from_pretrained(nemo, dtype=torch.float32),
+        EagleModel.from_pretrained(ckpt, dtype=torch.float32),
+    )
     with torch.no_grad():
         assert torch.equal(m1(**b1).logits, m2(**b2).logits)
 

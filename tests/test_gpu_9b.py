@@ -36,4 +36,6 @@ def test_9b_fixture_logits_on_cuda(fixtures_dir, mode, atol):
 def test_9b_cached_generation_on_cuda(fixtures_dir):
     ckpt, _, batch = _case(fixtures_dir)
     model = EagleModel.from_pretrained(ckpt, dtype=torch.float32, device="cuda")
-    assert torch.equal(model.generate(**batch, max_new_tokens=8), model.generate(**batch, max_new_tokens=8, use_cache=False))
+    assert torch.equal(
+        model.generate(**batch, max_new_tokens=8), model.generate(**batch, max_new_tokens=8, use_cache=False)
+    )

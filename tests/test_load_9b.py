@@ -146,7 +146,9 @@ def test_missing_and_misshaped_tensors_are_named(ckpt, tmp_path):
     bad = _copy(ckpt, tmp_path / "bad", lambda t: {**t, fc: torch.zeros(7, 32)})
     with pytest.raises(CheckpointError, match=re.escape(fc) + r" has shape \(7, 32\).*\(128, 32\)"):
         EagleModel.from_pretrained(bad)
-    alien = _copy(ckpt, tmp_path / "alien", lambda t: {**t, f"{PREFIX}1.vision_tower.stages.0.blocks.0.foo": t[stem].clone()})
+    alien = _copy(
+        ckpt, tmp_path / "alien", lambda t: {**t, f"{PREFIX}1.vision_tower.stages.0.blocks.0.foo": t[stem].clone()}
+    )
     with pytest.raises(CheckpointError, match="stages.0.blocks.0.foo"):
         EagleModel.from_pretrained(alien)
     one = _copy(ckpt, tmp_path / "one", lambda t: {k: v for k, v in t.items() if not k.startswith(f"{PREFIX}1.")})

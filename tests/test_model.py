@@ -22,7 +22,9 @@ def model(sensitive_ckpt):
 
 
 def _prompt(proc, text, images=1):
-    return proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}] * images + [{"type": "text", "text": text}]}])
+    return proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}] * images + [{"type": "text", "text": text}]}]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,10 @@ def test_greedy_first_token_is_argmax_of_forward(model, batch):
 
 def test_left_padded_batch_equals_single_prompts(model, proc, fixtures_dir):
     img = Image.open(fixtures_dir / "images" / "rgba_200x150.png")
-    p1, p2 = _prompt(proc, "Describe.", 1), proc.apply_chat_template([{"role": "user", "content": "a much longer text-only question here"}])
+    p1, p2 = (
+        _prompt(proc, "Describe.", 1),
+        proc.apply_chat_template([{"role": "user", "content": "a much longer text-only question here"}]),
+    )
     both = model.generate(**proc(text=[p1, p2], images=[img]), max_new_tokens=10)
     one = model.generate(**proc(text=p1, images=[img]), max_new_tokens=10)
     two = model.generate(**proc(text=p2), max_new_tokens=10)
@@ -55,10 +60,15 @@ def test_left_padded_batch_equals_single_prompts(model, proc, fixtures_dir):
 
 def test_batch_rows_with_several_images_equal_each_prompt_alone(model, proc, fixtures_dir):
     """Rows of different lengths and image counts, images in placeholder order: each row answers as it does alone."""
-    a, b, c = (Image.open(fixtures_dir / "images" / n) for n in ("rgb_640x480.png", "wide_1280x320.png", "portrait_300x900.png"))
+    a, b, c = (
+        Image.open(fixtures_dir / "images" / n)
+        for n in ("rgb_640x480.png", "wide_1280x320.png", "portrait_300x900.png")
+    )
     rows = [(_prompt(proc, "Compare the two.", 2), [a, b]), (_prompt(proc, "And now?", 2), [b, a]),
             (_prompt(proc, "One more, with a longer question than the others.", 1), [c])]
-    batched = model.generate(**proc(text=[r[0] for r in rows], images=[r[1] for r in rows], max_tiles=3), max_new_tokens=8)
+    batched = model.generate(
+        **proc(text=[r[0] for r in rows], images=[r[1] for r in rows], max_tiles=3), max_new_tokens=8
+    )
     alone = [model.generate(**proc(text=t, images=ims, max_tiles=3), max_new_tokens=8)[0] for t, ims in rows]
     for i, ref in enumerate(alone):
         assert torch.equal(batched[i], ref), i
@@ -91,7 +101,9 @@ def test_stream_yields_same_text_as_generate(model, batch, proc):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precisions_run_close_to_fp32(tiny_ckpt, batch, dtype):
-    model = EagleModel.from_pretrained(tiny_ckpt, dtype=torch.float32)  # the fixture weights: not chaotic, so bf16 stays close
+    model = EagleModel.from_pretrained(
+        tiny_ckpt, dtype=torch.float32
+    )  # the fixture weights: not chaotic, so bf16 stays close
     half = EagleModel.from_pretrained(tiny_ckpt, dtype=dtype)
     assert half.dtype == dtype and half.vision.dtype == dtype
     with torch.no_grad():

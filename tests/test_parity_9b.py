@@ -118,7 +118,11 @@ def test_convnext_equals_an_independent_transformers_build(eager, nine):
             continue
         k = k[len(pre):].replace("head.norm", "layernorm")
         k = k.replace("stem.0", "embeddings.patch_embeddings").replace("stem.1", "embeddings.layernorm")
-        k = k.replace("stages.", "encoder.stages.").replace("downsample", "downsampling_layer").replace("blocks", "layers")
+        k = (
+            k.replace("stages.", "encoder.stages.")
+            .replace("downsample", "downsampling_layer")
+            .replace("blocks", "layers")
+        )
         k = k.replace("conv_dw", "dwconv").replace(".norm.", ".layernorm.").replace("mlp.fc1", "pwconv1")
         k = k.replace("mlp.fc2", "pwconv2")
         if k.endswith(".weight") and k.split(".")[-2].isdigit() and ".layers." in k:  # the layer scale

@@ -22,8 +22,10 @@ def eager_model(tiny_ckpt):
 
 
 def _batch(proc, fixtures_dir, stem):
-    prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
-                                      add_generation_prompt=True)
+    prompt = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
+        add_generation_prompt=True,
+    )
     return prompt, proc(text=prompt, images=[Image.open(fixtures_dir / "images" / f"{stem}.png")])
 
 
@@ -50,7 +52,9 @@ def test_logits_and_intermediates_match_eager_fp32(proc, eager_model, fixtures_d
         vision = eager_model.vision(batch["pixel_values"][:1])
         projected = eager_model.get_image_features(batch["pixel_values"][:1])
     torch.testing.assert_close(out.logits[:, pos], torch.from_numpy(ref["logits"]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(out.hidden_states[-1][:, pos], torch.from_numpy(ref["llm_final_hidden"]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out.hidden_states[-1][:, pos], torch.from_numpy(ref["llm_final_hidden"]), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(vision[:, :16], torch.from_numpy(ref["vision_last_hidden_state"]), atol=1e-5, rtol=0)
     torch.testing.assert_close(projected[:, :16], torch.from_numpy(ref["vit_embeds"]), atol=1e-5, rtol=0)
 

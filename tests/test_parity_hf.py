@@ -46,7 +46,9 @@ def oracle_logits(ckpt, batch):
     with torch.no_grad():
         feats = vision(pixel_values=batch["pixel_values"]).last_hidden_state
         g = int(feats.shape[1] ** 0.5)
-        x = internvl_pixel_shuffle(feats.reshape(feats.shape[0], g, g, -1)).reshape(feats.shape[0], -1, feats.shape[-1] * 4)
+        x = internvl_pixel_shuffle(feats.reshape(feats.shape[0], g, g, -1)).reshape(
+            feats.shape[0], -1, feats.shape[-1] * 4
+        )
         x = F.layer_norm(x, (x.shape[-1],), tensors["mlp1.0.weight"], tensors["mlp1.0.bias"], 1e-5)
         x = F.linear(F.gelu(F.linear(x, tensors["mlp1.1.weight"], tensors["mlp1.1.bias"])),
                      tensors["mlp1.3.weight"], tensors["mlp1.3.bias"])
@@ -61,7 +63,9 @@ def test_family_matches_transformers_classes(tmp_path, family):
     proc = EagleProcessor.from_pretrained(ckpt)
     model = EagleModel.from_pretrained(ckpt, dtype=torch.float32, attn_implementation="eager")
     assert model.config.llm.model_type == family
-    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what?"}]}])
+    text = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what?"}]}]
+    )
     batch = proc(text=text, images=[Image.new("RGB", (120, 50), (10, 200, 90))])
     assert batch["pixel_values"].shape[-1] == 56 and batch["num_tiles"].item() > 1
     with torch.no_grad():

@@ -24,8 +24,10 @@ def _img(w, h, mode="RGB", color=(200, 30, 60)):
 
 def test_template_renders_spec_string(proc):
     text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi?"}]}])
-    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image-1>Hi?<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image-1>Hi?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     assert proc.expand_prompt(text, [2]) .count("<IMG_CONTEXT>") == 512
     assert "<image 1><img><IMG_CONTEXT>" in proc.expand_prompt(text, [2])
     assert "</img>Hi?" in proc.expand_prompt(text, [2])  # no newline after </img>
@@ -35,8 +37,10 @@ def test_multi_turn_and_system(proc):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"},
             {"role": "assistant", "content": "b"}, {"role": "user", "content": [{"type": "text", "text": "c"}]}]
     text = proc.apply_chat_template(msgs, add_generation_prompt=False)
-    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n"
-                    "<|im_start|>user\nc<|im_end|>\n")
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n"
+        "<|im_start|>user\nc<|im_end|>\n"
+    )
 
 
 def test_several_images_in_placeholder_order(proc):
@@ -56,7 +60,9 @@ def test_several_images_in_placeholder_order(proc):
 
 
 def test_batch_with_different_image_counts_left_padded(proc):
-    t1 = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "x"}]}])
+    t1 = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "x"}]}]
+    )
     t2 = proc.apply_chat_template([{"role": "user", "content": "only text"}])
     t3 = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "y"}]}])
     imgs = [_img(448, 448), _img(448, 448), _img(448, 448)]
@@ -90,14 +96,20 @@ def test_image_count_mismatch_raises(proc):
 def test_legacy_eagle_chat_format(tiny_ckpt):
     base = EagleProcessor.from_pretrained(tiny_ckpt)
     legacy = EagleProcessor(base.tokenizer, TilingConfig(prompt_format="eagle_chat"))
-    text = legacy.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]}])
-    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\nQ?<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+    text = legacy.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]}]
+    )
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\nQ?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     assert legacy.expand_prompt(text, [1]).count("<IMG_CONTEXT>") == 256
     assert "<img><IMG_CONTEXT>" in legacy.expand_prompt(text, [1]) and "</img>\nQ?" in legacy.expand_prompt(text, [1])
     buggy = EagleProcessor(base.tokenizer, TilingConfig(prompt_format="eagle_chat", legacy_generation_prompt_bug=True))
     assert buggy.apply_chat_template([{"role": "user", "content": "hi"}]).endswith("user\nhi<|im_end|>assistant\n")
-    two = legacy.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "?"}]}])
+    two = legacy.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "?"}]}]
+    )
     assert "Image-1: <image>\nImage-2: <image>\n?" in two
 
 

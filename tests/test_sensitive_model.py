@@ -58,7 +58,9 @@ def test_continuation_depends_on_each_image_and_their_order(model, proc, images)
 def test_fixture_weights_are_input_blind(tiny_ckpt, images):
     """Why the redraw exists: the fixture checkpoint answers the same whatever the input."""
     model, proc = EagleModel.from_pretrained(tiny_ckpt), EagleProcessor.from_pretrained(tiny_ckpt)
-    outs = {tuple(_greedy(model, proc, t, im)) for t, im in (("Hello there", []), ("yes", []), ("Describe.", images[:1]))}
+    outs = {
+        tuple(_greedy(model, proc, t, im)) for t, im in (("Hello there", []), ("yes", []), ("Describe.", images[:1]))
+    }
     assert len(outs) < 3
 
 

@@ -99,8 +99,12 @@ def _megatron(src: str, src_fmt: str, dst: str, dst_fmt: str, *, tp: int, pp: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="nemo-eagle convert", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="nemo-eagle convert",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--from", dest="src", required=True, help="HF directory, hub id, .nemo file or megatron checkpoint")
     p.add_argument("--to", dest="dst", required=True, help="output .nemo file or directory")
     p.add_argument("--format", choices=FORMATS, help="target format (default: from DST's suffix)")

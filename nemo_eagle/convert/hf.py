@@ -268,4 +268,6 @@ def write_safetensors(tensors: dict[str, torch.Tensor], out_dir: str | Path, max
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, str(out_dir / fname), metadata=meta)
         weight_map.update({k: fname for k in shard})
-    (out_dir / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (out_dir / INDEX_NAME).write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )

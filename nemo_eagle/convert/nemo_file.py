@@ -7,8 +7,8 @@ A ``.nemo`` is an uncompressed tar, as NeMo writes it, holding:
                           and the HF ``config.json`` the weights came from
 
 ``EagleNeMoModel.save_to`` / ``restore_from`` read and write exactly this. Loading it as a plain
-``EagleModel`` (``EagleModel.from_pretrained``, through ``nemo_eagle.checkpoint``) and converting to and from HF directories needs no NeMo import, and
-tensors pass through unchanged, so HF -> .nemo -> HF is bitwise.
+``EagleModel`` (``EagleModel.from_pretrained``, through ``nemo_eagle.checkpoint``) and converting to and from HF
+directories needs no NeMo import, and tensors pass through unchanged, so HF -> .nemo -> HF is bitwise.
 """
 
 from __future__ import annotations

@@ -24,10 +24,16 @@ SPECIAL_TOKENS = [
     "</quad>", "<ref>", "</ref>", "<box>", "</box>",
 ]
 _CORPUS = [
-    "You are a helpful assistant.", "Describe this image in detail.", "What is in the picture?",
-    "The image shows a chart with numbers 0 1 2 3 4 5 6 7 8 9 and a title.", "A red circle next to a blue square.",
-    "Answer the question using a single word or phrase.", "What is the revenue in 2023?", "passage: query: user assistant system",
-    "image <image 1> image 2 document page table figure caption text", "yes no true false left right top bottom",
+    "You are a helpful assistant.",
+    "Describe this image in detail.",
+    "What is in the picture?",
+    "The image shows a chart with numbers 0 1 2 3 4 5 6 7 8 9 and a title.",
+    "A red circle next to a blue square.",
+    "Answer the question using a single word or phrase.",
+    "What is the revenue in 2023?",
+    "passage: query: user assistant system",
+    "image <image 1> image 2 document page table figure caption text",
+    "yes no true false left right top bottom",
 ]
 RANDOM_LABEL = "RANDOM WEIGHTS: a tiny untrained Eagle2-layout checkpoint for smoke tests; its answers are meaningless."
 
@@ -62,8 +68,14 @@ def tiny_config(llm_family: str = "qwen2", *, vocab_size: int, image_token_id: i
         rope_theta=1_000_000.0, rms_norm_eps=1e-6, hidden_act="relu2" if llm_family == "nemotron" else "silu",
         tie_word_embeddings=llm_family != "nemotron", extra=extra,
     )
-    vision = VisionConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=2 * hidden,
-                          image_size=image_size, patch_size=patch_size)
+    vision = VisionConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
     return EagleConfig(vision=vision, projector=ProjectorConfig(), llm=llm, tiling=TilingConfig(tile_size=image_size),
                        image_token_id=image_token_id)
 

@@ -143,7 +143,9 @@ def normalise_messages(messages: Any, images: Sequence[Any], *, sid: str, where:
             raise BadSampleError(sid, "bad_record", f"turn {t} is not an object", where)
         role = ROLES.get(str(m.get("role", m.get("from"))))
         if role is None:
-            raise BadSampleError(sid, "bad_record", f"turn {t} has unknown role {m.get('role', m.get('from'))!r}", where)
+            raise BadSampleError(
+                sid, "bad_record", f"turn {t} has unknown role {m.get('role', m.get('from'))!r}", where
+            )
         content = m.get("content", m.get("value"))
         if isinstance(content, str):
             parts = _split_tags(content) if IMAGE_TAG in content else [{"type": "text", "text": content}]
@@ -169,8 +171,12 @@ def normalise_messages(messages: Any, images: Sequence[Any], *, sid: str, where:
             if src is None:
                 if used_pending >= len(pending):
                     n_placeholders = _count_placeholders(messages)
-                    raise BadSampleError(sid, "too_many_image_tags",
-                                         f"{n_placeholders} image placeholder(s) (<image> tags) but {len(pending)} image(s)", where)
+                    raise BadSampleError(
+                        sid,
+                        "too_many_image_tags",
+                        f"{n_placeholders} image placeholder(s) (<image> tags) but {len(pending)} image(s)",
+                        where,
+                    )
                 src = pending[used_pending]
                 used_pending += 1
             refs.append(_resolve_image(src, root, sid, where))
@@ -304,7 +310,7 @@ def _member_order(ext: str) -> tuple[Any, ...]:
 
 
 def read_shards(shards: Sequence[Path]) -> Iterator[tuple[str, Any, list[TarMember]]]:
-    """(where, json record, image members) per sample key of WebDataset shards (``<key>.json`` + ``<key>.<img ext>``)."""
+    """(where, json record, image members) per sample key of WebDataset shards (``<key>.json`` + image files)."""
     for shard in shards:
         groups: dict[str, dict[str, tarfile.TarInfo]] = {}
         with tarfile.open(shard, "r:") as tar:
@@ -522,7 +528,9 @@ class ConversationDataset(torch.utils.data.Dataset):
             self.samples.append(conv)
             self.meta.append(meta)
             if rep.total % 10000 == 0:
-                log.info("%s data: scanned %d samples (%.0f/s)", self.name, rep.total, rep.total / (time.monotonic() - t0))
+                log.info(
+                    "%s data: scanned %d samples (%.0f/s)", self.name, rep.total, rep.total / (time.monotonic() - t0)
+                )
         rep.kept = len(self.samples)
         log.log(logging.WARNING if rep.skipped else logging.INFO, "%s data: %s in %.1fs", self.name, rep.summary(),
                 time.monotonic() - t0)

@@ -134,7 +134,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def load_image(source: ImageInput, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+def load_image(
+    source: ImageInput, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> torch.Tensor:
     """Any supported image input -> uint8 (3, H, W) RGB tensor."""
     name = name or (str(source) if isinstance(source, (str, Path)) and not str(source).startswith("data:") else "image")
     if isinstance(source, torch.Tensor):
@@ -177,7 +179,11 @@ def load_pil(source: ImageInput, *, name: str | None = None, max_pixels: int | N
     if isinstance(source, torch.Tensor):
         img = Image.fromarray(_check_tensor(source, name).permute(1, 2, 0).contiguous().numpy())
     elif isinstance(source, np.ndarray):
-        if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[-1] not in (3, 4)):
+        if (
+            source.dtype != np.uint8
+            or source.ndim not in (2, 3)
+            or (source.ndim == 3 and source.shape[-1] not in (3, 4))
+        ):
             raise ImageError(f"{name}: array images must be uint8 (H, W), (H, W, 3) or (H, W, 4), "
                              f"got {source.shape} {source.dtype}")
         img = Image.fromarray(np.ascontiguousarray(source))
@@ -196,7 +202,8 @@ def load_pil(source: ImageInput, *, name: str | None = None, max_pixels: int | N
 
 
 def tile_pil(img: Image.Image, grid: tuple[int, int], tile_size: int = 448, use_thumbnail: bool = True) -> torch.Tensor:
-    """PIL image -> uint8 (num_tiles, 3, S, S): PIL resize to the grid, row-major crops, thumbnail last; RGB per tile."""
+    """PIL image -> uint8 (num_tiles, 3, S, S): PIL resize to the grid, row-major crops, thumbnail last, RGB
+    per tile."""
     cols, rows = grid
     s = tile_size
     resized = img.resize((cols * s, rows * s))

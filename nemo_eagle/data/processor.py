@@ -249,7 +249,9 @@ class EagleProcessor:
             groups = [list(g) for g in images]
         else:
             if len(images) != sum(counts):
-                raise ValueError(f"{len(images)} image(s) given but the prompt(s) have {sum(counts)} image placeholder(s)")
+                raise ValueError(
+                    f"{len(images)} image(s) given but the prompt(s) have {sum(counts)} image placeholder(s)"
+                )
             it = iter(images)
             groups = [[next(it) for _ in range(c)] for c in counts]
         for i, (g, c) in enumerate(zip(groups, counts)):
@@ -273,7 +275,9 @@ class EagleProcessor:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         t = self.tiling
-        (out / "chat_template.json").write_text(json.dumps({"chat_template": self.chat_template or ct.EAGLE_2_5_VL_TEMPLATE}))
+        (out / "chat_template.json").write_text(
+            json.dumps({"chat_template": self.chat_template or ct.EAGLE_2_5_VL_TEMPLATE})
+        )
         (out / "preprocessor_config.json").write_text(json.dumps({
             "image_processor_type": "Eagle2_5_VLImageProcessorFast", "processor_class": "Eagle2_5_VLProcessor",
             "image_mean": list(t.image_mean), "image_std": list(t.image_std), "do_resize": False,
@@ -281,10 +285,21 @@ class EagleProcessor:
             "min_dynamic_tiles": t.min_tiles, "tokens_per_tile": self.tokens_per_tile,
             "use_thumbnail": t.use_thumbnail, "do_rescale": True, "do_normalize": True, "do_pad": False,
             "do_convert_rgb": True}, indent=2))
-        (out / "processor_config.json").write_text(json.dumps({
-            "image_end_token": IMG_END, "image_placeholder": "image", "image_start_token": IMG_START,
-            "image_token": IMG_CONTEXT, "processor_class": "Eagle2_5_VLProcessor",
-            "tokens_per_tile": self.tokens_per_tile, "video_placeholder": "video", "video_token": IMG_CONTEXT}, indent=2))
+        (out / "processor_config.json").write_text(
+            json.dumps(
+                {
+                    "image_end_token": IMG_END,
+                    "image_placeholder": "image",
+                    "image_start_token": IMG_START,
+                    "image_token": IMG_CONTEXT,
+                    "processor_class": "Eagle2_5_VLProcessor",
+                    "tokens_per_tile": self.tokens_per_tile,
+                    "video_placeholder": "video",
+                    "video_token": IMG_CONTEXT,
+                },
+                indent=2,
+            )
+        )
         self.tokenizer.backend.save(str(out / "tokenizer.json"))
 
 

@@ -107,8 +107,13 @@ def _embed(argv: list[str] | None) -> int:
     if not inputs:
         p.error("nothing to embed: give TEXT arguments, --image files or --jsonl")
     emb = _load_embedder(args)
-    vectors, counts = emb.embed_with_usage(inputs, args.input_type, truncate=args.truncate,
-                                           dimensions=args.dimensions, show_progress=len(inputs) > emb.config.batch_size)
+    vectors, counts = emb.embed_with_usage(
+        inputs,
+        args.input_type,
+        truncate=args.truncate,
+        dimensions=args.dimensions,
+        show_progress=len(inputs) > emb.config.batch_size,
+    )
     data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, args.encoding_format)}
             for i, v in enumerate(vectors)]
     out = {"object": "list", "model": str(args.model), "data": data,
@@ -164,10 +169,14 @@ def _load_pages(chunk: list, dpi: float, skip: bool, skipped: list[tuple[Path, s
 
 
 def _check_settings(stored: dict[str, Any], current: dict[str, Any], where: str) -> None:
-    diff = {k: (stored.get(k), current.get(k)) for k in (*VECTOR_SETTINGS, "dimensions") if stored.get(k) != current.get(k)}
+    diff = {
+        k: (stored.get(k), current.get(k)) for k in (*VECTOR_SETTINGS, "dimensions") if stored.get(k) != current.get(k)
+    }
     if diff:
         desc = ", ".join(f"{k}: stored {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"{where} was built with other embedder settings ({desc}); use the same settings or another --db")
+        raise ValueError(
+            f"{where} was built with other embedder settings ({desc}); use the same settings or another --db"
+        )
 
 
 def _index(argv: list[str] | None) -> int:
@@ -213,7 +222,9 @@ def _index(argv: list[str] | None) -> int:
         for start in range(0, len(ids), 1000):
             done |= store.existing_ids(ids[start:start + 1000])
         todo = [(pg, i) for pg, i in zip(pages, ids) if i not in done]
-        log.info("%d pages under %s: %d already in %s, %d to embed", len(pages), args.input, len(done), args.db, len(todo))
+        log.info(
+            "%d pages under %s: %d already in %s, %d to embed", len(pages), args.input, len(done), args.db, len(todo)
+        )
         size = emb.config.batch_size
         bar = tqdm(total=len(pages), initial=len(done), unit="page", desc="index", disable=args.no_progress)
         t0, n = time.perf_counter(), 0
@@ -248,7 +259,9 @@ def _search(argv: list[str] | None) -> int:
     from nemo_eagle.embed.pages import Page, load_page
     from nemo_eagle.embed.store import open_store
 
-    p = argparse.ArgumentParser(prog="nemo-eagle search", description="Search a vector store built by `nemo-eagle index`.")
+    p = argparse.ArgumentParser(
+        prog="nemo-eagle search", description="Search a vector store built by `nemo-eagle index`."
+    )
     _add_model_args(p)
     p.add_argument("--db", required=True, help="the folder or server URL given to `nemo-eagle index`")
     p.add_argument("--top-k", type=int, default=10)

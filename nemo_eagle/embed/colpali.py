@@ -109,8 +109,10 @@ class ColEagleModel(nn.Module):
         if num_tiles is not None:
             have = 0 if pixel_values is None else int(pixel_values.shape[0])
             if int(num_tiles.sum()) != have:
-                raise ValueError(f"num_tiles says {int(num_tiles.sum())} tiles but pixel_values holds {have}: the batch "
-                                 "was split or reordered after ColEagleProcessor made it")
+                raise ValueError(
+                    f"num_tiles says {int(num_tiles.sum())} tiles but pixel_values holds {have}: the batch "
+                    "was split or reordered after ColEagleProcessor made it"
+                )
         vectors, _ = self.embedder(EmbedBatch(input_ids, attention_mask, pixel_values))
         return vectors
 

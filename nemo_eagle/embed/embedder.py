@@ -219,7 +219,9 @@ class EagleEmbedder(nn.Module):
     def _placeholder(self, k: int) -> str:
         return "<image>" if self.processor.uses_legacy_placeholder else f"<image-{k}>"
 
-    def _encode(self, inp: EmbedInput, input_type: str, max_image_tokens: int | None) -> tuple[list[int], Tensor, list[int]]:
+    def _encode(
+        self, inp: EmbedInput, input_type: str, max_image_tokens: int | None
+    ) -> tuple[list[int], Tensor, list[int]]:
         text = self.processor.tokenizer.protect(inp.text)  # typed text: special-token strings stay plain text
         prompt = self.prefix(input_type) + "".join(self._placeholder(k + 1) for k in range(len(inp.images))) + text
         batch = self.processor(text=prompt, images=inp.images or None, max_tiles=self.config.max_tiles,
@@ -265,7 +267,9 @@ class EagleEmbedder(nn.Module):
     def prepare(self, inputs: Sequence[Any], input_type: str = "passage", truncate: str = "NONE") -> EmbedBatch:
         """Parse, tokenise, truncate and collate ``inputs`` (one batch)."""
         input_type, truncate = check_input_type(input_type), check_truncate(truncate)
-        return self.collate([self.tokenize_one(parse_input(x, i), input_type, truncate, i) for i, x in enumerate(inputs)])
+        return self.collate(
+            [self.tokenize_one(parse_input(x, i), input_type, truncate, i) for i, x in enumerate(inputs)]
+        )
 
     # ---------------------------------------------------------------------------------------- forward
     def hidden_states(self, batch: EmbedBatch) -> Tensor:

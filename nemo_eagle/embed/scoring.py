@@ -33,7 +33,9 @@ def pad_multi(vectors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         raise ValueError("no multi-vectors given")
     dims = {int(v.shape[-1]) for v in vectors}
     if len(dims) != 1 or any(v.dim() != 2 for v in vectors):
-        raise ValueError(f"multi-vectors must all be (T_i, D) with one D, got shapes {[tuple(v.shape) for v in vectors]}")
+        raise ValueError(
+            f"multi-vectors must all be (T_i, D) with one D, got shapes {[tuple(v.shape) for v in vectors]}"
+        )
     t_max = max(int(v.shape[0]) for v in vectors)
     out = vectors[0].new_zeros(len(vectors), t_max, dims.pop())
     mask = torch.zeros(len(vectors), t_max, dtype=torch.bool, device=out.device)

@@ -90,14 +90,20 @@ class QdrantStore:
                     f"{'multi' if multi else 'single'}-vector ones; use another --db or collection")
             return
         params = models.VectorParams(
-            size=dim, distance=models.Distance.DOT,
-            multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM) if multi else None,
+            size=dim,
+            distance=models.Distance.DOT,
+            multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
+            if multi
+            else None,
             # Multivectors are scored by exact MaxSim over all pages (as ColBERT rerankers do): an HNSW graph
             # over every token vector costs far more to build than it saves at page-collection sizes.
             hnsw_config=models.HnswConfigDiff(m=0) if multi else None,
         )
-        self.client.create_collection(self.collection, vectors_config={MULTI_VECTOR if multi else SINGLE_VECTOR: params},
-                                      metadata=metadata or None)
+        self.client.create_collection(
+            self.collection,
+            vectors_config={MULTI_VECTOR if multi else SINGLE_VECTOR: params},
+            metadata=metadata or None,
+        )
         log.info("created collection %r at %s (%d-d, %s-vector)", self.collection, self.location, dim,
                  "multi" if multi else "single")
 
@@ -119,7 +125,9 @@ class QdrantStore:
         from qdrant_client import models
 
         name = self.layout()["vector_name"]
-        points = [models.PointStruct(id=i, vector={name: _as_list(v)}, payload=p) for i, v, p in zip(ids, vectors, payloads)]
+        points = [
+            models.PointStruct(id=i, vector={name: _as_list(v)}, payload=p) for i, v, p in zip(ids, vectors, payloads)
+        ]
         self.client.upsert(self.collection, points=points, wait=True)
 
     # ------------------------------------------------------------------------------------------- read
@@ -209,7 +217,10 @@ class MemoryStore:
         else:
             scores = q @ docs.T
         top = torch.topk(scores, min(top_k, len(self._ids)))
-        return [Hit(self._ids[i], float(s), dict(self._payloads[i])) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+        return [
+            Hit(self._ids[i], float(s), dict(self._payloads[i]))
+            for s, i in zip(top.values.tolist(), top.indices.tolist())
+        ]
 
     def close(self) -> None:
         pass

@@ -163,7 +163,9 @@ def apply_lora(embedder: EagleEmbedder, cfg: ContrastiveConfig) -> list[str]:
     from peft import LoraConfig, inject_adapter_in_model
 
     model = embedder.model
-    targets = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and any(fnmatch(n, g) for g in cfg.lora_targets)]
+    targets = [
+        n for n, m in model.named_modules() if isinstance(m, nn.Linear) and any(fnmatch(n, g) for g in cfg.lora_targets)
+    ]
     if not targets:
         raise ValueError(f"lora_targets {list(cfg.lora_targets)} match no Linear layer of the model")
     inject_adapter_in_model(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,

@@ -167,7 +167,9 @@ def llm_transformer_config(llm: LLMConfig, opts: MegatronOptions):
         raise ValueError(f"tensor_parallel={opts.tensor_parallel} must divide num_attention_heads="
                          f"{llm.num_attention_heads} and num_key_value_heads={kv}")
     if llm.num_hidden_layers % opts.pipeline_parallel:
-        raise ValueError(f"pipeline_parallel={opts.pipeline_parallel} must divide num_hidden_layers={llm.num_hidden_layers}")
+        raise ValueError(
+            f"pipeline_parallel={opts.pipeline_parallel} must divide num_hidden_layers={llm.num_hidden_layers}"
+        )
     recompute = {}
     if opts.recompute == "full":
         recompute = {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}

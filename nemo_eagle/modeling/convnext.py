@@ -91,7 +91,8 @@ class ConvNeXtBranch(nn.Module):
             p.requires_grad_(False)  # the classification head is never used
         mean = torch.tensor(cn.get("image_mean", CLIP_MEAN), dtype=torch.float32)
         std = torch.tensor(cn.get("image_std", CLIP_STD), dtype=torch.float32)
-        # SigLIP-normalised y = (x - 0.5) / 0.5 -> CLIP-normalised (x - mean) / std = y * (0.5 / std) + (0.5 - mean) / std.
+        # SigLIP-normalised y = (x - 0.5) / 0.5 -> CLIP-normalised (x - mean) / std
+        #                                          = y * (0.5 / std) + (0.5 - mean) / std.
         # Plain float32 attributes, not buffers: a cast of the module to bf16 must not round them.
         self.clip_scale = (0.5 / std).view(1, 3, 1, 1)
         self.clip_shift = ((0.5 - mean) / std).view(1, 3, 1, 1)

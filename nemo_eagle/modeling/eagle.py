@@ -165,7 +165,12 @@ class EagleModel(nn.Module):
         """
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, pixel_values)
-        if position_ids is None and attention_mask is not None and past_key_values is None and not bool(attention_mask.all()):
+        if (
+            position_ids is None
+            and attention_mask is not None
+            and past_key_values is None
+            and not bool(attention_mask.all())
+        ):
             position_ids = positions_from_mask(attention_mask)  # left padding: real tokens start at 0
         out = self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,

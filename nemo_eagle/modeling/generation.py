@@ -82,7 +82,11 @@ def sample_next(logits: Tensor, cfg: GenerationConfig, generator: torch.Generato
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)
-    return torch.multinomial(probs.cpu() if generator is not None else probs, 1, generator=generator).squeeze(-1).to(logits.device)
+    return (
+        torch.multinomial(probs.cpu() if generator is not None else probs, 1, generator=generator)
+        .squeeze(-1)
+        .to(logits.device)
+    )
 
 
 def iter_tokens(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | None, pixel_values: Tensor | None,

@@ -39,7 +39,9 @@ class VisionEncoder(nn.Module):
     def __init__(self, cfg: VisionConfig, attn_implementation: str = "sdpa", shuffle_factor: int = 2):
         super().__init__()
         if cfg.model_type not in SUPPORTED_TOWERS:
-            raise NotImplementedError(f"vision tower {cfg.model_type!r} is not supported; supported: {SUPPORTED_TOWERS}")
+            raise NotImplementedError(
+                f"vision tower {cfg.model_type!r} is not supported; supported: {SUPPORTED_TOWERS}"
+            )
         self.select_layer = cfg.select_layer
         self.shuffle_factor = shuffle_factor
         # The 9B checkpoint carries SigLIP's pooling head; it is built (so a save writes it back) but never run.
@@ -70,6 +72,8 @@ class VisionEncoder(nn.Module):
         cn = self.convnext(pixel_values)
         shuffled = pixel_shuffle(feats, self.shuffle_factor)
         if cn.shape[1] != shuffled.shape[1]:
-            raise ValueError(f"ConvNeXt gives {cn.shape[1]} tokens per tile but the shuffled SigLIP grid has "
-                             f"{shuffled.shape[1]}: convnext image_size / 32 must equal the SigLIP grid / shuffle factor")
+            raise ValueError(
+                f"ConvNeXt gives {cn.shape[1]} tokens per tile but the shuffled SigLIP grid has "
+                f"{shuffled.shape[1]}: convnext image_size / 32 must equal the SigLIP grid / shuffle factor"
+            )
         return torch.cat([shuffled, cn.to(shuffled.dtype)], dim=-1)

@@ -59,13 +59,17 @@ def tile_images_uint8(image: Tensor, grid: tuple[int, int], tile_size: int = 448
     cols, rows = grid
     s = tile_size
     resized = resize_uint8(image, rows * s, cols * s)
-    tiles = resized.reshape(3, rows, s, cols, s).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, s, s)  # (rows*cols, 3, S, S)
+    tiles = (
+        resized.reshape(3, rows, s, cols, s).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, s, s)
+    )  # (rows*cols, 3, S, S)
     if use_thumbnail and rows * cols != 1:
         tiles = torch.cat([tiles, resize_uint8(image, s, s).unsqueeze(0)])
     return tiles.contiguous()
 
 
-def normalize(tiles: Tensor, mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5)) -> Tensor:
+def normalize(
+    tiles: Tensor, mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5)
+) -> Tensor:
     """uint8 -> float32 ``(x - 255*mean) / (255*std)``; for SigLIP's 0.5/0.5 this is exactly (x - 127.5) / 127.5."""
     if len(set(mean)) == 1 and len(set(std)) == 1:  # scalar path: same bits, far faster than broadcasting
         return (tiles.float() - 255.0 * mean[0]) / (255.0 * std[0])

@@ -289,7 +289,9 @@ async def _sse(st: ServeState, req: ChatCompletionRequest, cid: str, streams: li
     try:
         for i in range(len(streams)):
             extra = {"tiling": completion.tiling} if i == 0 else {}
-            yield _chunk(cid, created, model, [ChunkChoice(index=i, delta=Delta(role="assistant", content=""))], **extra)
+            yield _chunk(
+                cid, created, model, [ChunkChoice(index=i, delta=Delta(role="assistant", content=""))], **extra
+            )
 
         def piece(i: int, ev: GenerationEvent) -> bytes | None:
             nonlocal first_text

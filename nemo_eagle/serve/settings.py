@@ -55,7 +55,9 @@ class ServeSettings(BaseSettings):
                                       "max_position_embeddings); prompts that would exceed it get fewer tiles")
     cache_path: Path | None = Field(None, description="where hub downloads are cached (container: /opt/nim/.cache)")
     device: str | None = Field(None, description="cpu | cuda (default: cuda when available)")
-    dtype: str | None = Field(None, description="float32 | bfloat16 | float16 (default: bfloat16 on GPU, float32 on CPU)")
+    dtype: str | None = Field(
+        None, description="float32 | bfloat16 | float16 (default: bfloat16 on GPU, float32 on CPU)"
+    )
     max_tiles: int | None = Field(None, ge=1, le=64, description="highest per-image tile limit a request may ask for "
                                   "(default: the checkpoint's max_dynamic_tiles)")
     default_max_tokens: int = Field(512, ge=1, description="completion length when a request gives no max_tokens")
@@ -80,7 +82,9 @@ class ServeSettings(BaseSettings):
     preprocess_workers: int = Field(2, ge=1, description="threads decoding and tiling images while others decode")
     cuda_graphs: bool = Field(True, description="continuous, GPU only: capture the decode step as one CUDA graph per "
                               "batch-size bucket and replay it")
-    license_path: Path | None = Field(None, description="file served by /v1/license (default: LICENSE in the checkpoint)")
+    license_path: Path | None = Field(
+        None, description="file served by /v1/license (default: LICENSE in the checkpoint)"
+    )
 
     # --- REST front -----------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="address the REST API binds to (container: 0.0.0.0)")
@@ -178,8 +182,11 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_argv(argv: list[str], prog: str = "nemo-eagle serve") -> ServeSettings:
-    parser = argparse.ArgumentParser(prog=prog, description="Serve an Eagle2 model: OpenAI-compatible REST in front "
-                                     "of Triton Inference Server. Every flag also reads NIM_<NAME> from the environment.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve an Eagle2 model: OpenAI-compatible REST in front "
+        "of Triton Inference Server. Every flag also reads NIM_<NAME> from the environment.",
+    )
     add_settings_args(parser)
     ns = parser.parse_args(argv)
     return ServeSettings(**vars(ns))

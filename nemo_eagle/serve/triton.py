@@ -50,7 +50,9 @@ def render_config(settings: ServeSettings, model_path: str) -> str:
               "max_model_len": str(settings.max_model_len or ""), "log_level": settings.log_level,
               "kernels": settings.kernels, "scheduler": settings.scheduler,
               "scheduler_options": json.dumps(settings.scheduler_options())}
-    param_lines = ",\n".join(f'  {{ key: "{k}" value: {{ string_value: {_pbtxt_str(v)} }} }}' for k, v in params.items())
+    param_lines = ",\n".join(
+        f'  {{ key: "{k}" value: {{ string_value: {_pbtxt_str(v)} }} }}' for k, v in params.items()
+    )
     return f"""name: "{TRITON_MODEL_NAME}"
 backend: "python"
 max_batch_size: {settings.triton_max_batch_size}
@@ -96,7 +98,9 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     from pytriton.utils.distribution import get_libs_path
 
     libs = [str(get_libs_path()), sysconfig.get_config_var("LIBDIR") or ""]
-    env["LD_LIBRARY_PATH"] = os.pathsep.join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")]).rstrip(
+        os.pathsep
+    )
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -124,9 +128,8 @@ class TritonServer:
 
     def __init__(self, settings: ServeSettings, model_path: str):
         self.settings, self.model_path = settings, model_path
-        pick = lambda p: p or free_port()
-        self.ports = TritonPorts(pick(settings.triton_grpc_port), pick(settings.triton_http_port),
-                                 pick(settings.triton_metrics_port))
+        self.ports = TritonPorts(settings.triton_grpc_port or free_port(), settings.triton_http_port or free_port(),
+                                 settings.triton_metrics_port or free_port())
         self.process: subprocess.Popen | None = None
         self.logs: collections.deque[str] = collections.deque(maxlen=400)
         self._own_workspace = settings.triton_workspace is None

@@ -45,7 +45,9 @@ def random_model_files(spec: ModelSpec) -> tuple[EagleConfig, dict[str, bytes]]:
     if cfg.image_token_id != tok.image_token_id:
         raise ValueError(f"image_token_id {cfg.image_token_id} != the tokenizer's <IMG_CONTEXT> {tok.image_token_id}")
     if cfg.tiling.tile_size != cfg.vision.image_size:
-        raise ValueError(f"tiling.tile_size {cfg.tiling.tile_size} must equal vision.image_size {cfg.vision.image_size}")
+        raise ValueError(
+            f"tiling.tile_size {cfg.tiling.tile_size} must equal vision.image_size {cfg.vision.image_size}"
+        )
     template = None
     if "chat_template.json" in files:
         import json
@@ -54,7 +56,9 @@ def random_model_files(spec: ModelSpec) -> tuple[EagleConfig, dict[str, bytes]]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        EagleProcessor(tok, cfg.tiling, tokens_per_tile=cfg.tokens_per_tile, chat_template=template).save_pretrained(tmp)
+        EagleProcessor(tok, cfg.tiling, tokens_per_tile=cfg.tokens_per_tile, chat_template=template).save_pretrained(
+            tmp
+        )
         generated = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
     for name in ("preprocessor_config.json", "processor_config.json", "chat_template.json", "tokenizer.json"):
         files.setdefault(name, generated[name])

@@ -198,7 +198,11 @@ class TrainRun:
         """The only DictConfig -> dataclass crossing (validates every field)."""
         from omegaconf import OmegaConf
 
-        return OmegaConf.to_object(cfg) if OmegaConf.get_type(cfg) is cls else _from_plain(OmegaConf.to_container(cfg, resolve=True))
+        return (
+            OmegaConf.to_object(cfg)
+            if OmegaConf.get_type(cfg) is cls
+            else _from_plain(OmegaConf.to_container(cfg, resolve=True))
+        )
 
 
 def _from_plain(d: dict[str, Any]) -> TrainRun:

@@ -147,7 +147,7 @@ def _epilog() -> str:
     lines += [
         "",
         "other overrides: Hydra syntax, e.g. data.micro_batch_size=4 optim.lr=1e-4 exp_dir=runs/x",
-        "on a CPU machine: trainer=cpu_debug precision=fp32 (a few steps in full precision; model=tiny for a smoke run)",
+        "on a CPU machine: trainer=cpu_debug precision=fp32 (full precision; add model=tiny for a smoke run)",
         "print the composed config without training: nemo-eagle train --cfg job ...",
     ]
     return "\n".join(lines)

@@ -12,11 +12,17 @@ from nemo_eagle.cli import COMMANDS, main
 VOCABULARY = {"--model": ("--checkpoint", "--ckpt", "--model-path"), "--device": ("--devices",),
               "--dtype": ("--torch-dtype", "--weights-dtype"), "--max-tiles": ("--max-num-tiles", "--tiles"),
               "--out": ("--output", "--out-dir", "--output-dir"), "--api-key": ("--key", "--token")}
-NEEDS = {"chat": {"--model", "--device", "--dtype", "--max-tiles"}, "embed": {"--model", "--device", "--dtype", "--out"},
-         "index": {"--model", "--device", "--dtype", "--max-tiles"}, "eval-retrieval": {"--model", "--out"},
-         "train-embedder": {"--model", "--out", "--dtype", "--max-tiles"}, "export-onnx": {"--model", "--out", "--dtype"},
-         "eval": {"--model", "--device", "--dtype", "--max-tiles", "--out", "--api-key"},
-         "synth": {"--out", "--api-key"}, "serve": {"--model", "--device", "--dtype", "--max-tiles", "--api-key"}}
+NEEDS = {
+    "chat": {"--model", "--device", "--dtype", "--max-tiles"},
+    "embed": {"--model", "--device", "--dtype", "--out"},
+    "index": {"--model", "--device", "--dtype", "--max-tiles"},
+    "eval-retrieval": {"--model", "--out"},
+    "train-embedder": {"--model", "--out", "--dtype", "--max-tiles"},
+    "export-onnx": {"--model", "--out", "--dtype"},
+    "eval": {"--model", "--device", "--dtype", "--max-tiles", "--out", "--api-key"},
+    "synth": {"--out", "--api-key"},
+    "serve": {"--model", "--device", "--dtype", "--max-tiles", "--api-key"},
+}
 
 
 def _help(name: str, capsys) -> str:

@@ -16,7 +16,9 @@ def small_processor(ckpt: Path, *, tile: int = 28, max_tiles: int = 4):
 
     tok = EagleTokenizer.from_file(ckpt / "tokenizer.json")
     template = json.loads((ckpt / "chat_template.json").read_text())["chat_template"]
-    return EagleProcessor(tok, TilingConfig(tile_size=tile, max_tiles=max_tiles), tokens_per_tile=1, chat_template=template)
+    return EagleProcessor(
+        tok, TilingConfig(tile_size=tile, max_tiles=max_tiles), tokens_per_tile=1, chat_template=template
+    )
 
 
 def write_image(path: Path, size: tuple[int, int], color: tuple[int, int, int]) -> Path:

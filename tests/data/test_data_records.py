@@ -70,13 +70,19 @@ def test_openai_messages_with_data_url_and_relative_path(tmp_path, small_process
     buf = io.BytesIO()
     Image.new("RGB", (28, 28), (200, 100, 0)).save(buf, format="PNG")
     url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    rec = {"id": "m1", "messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "One?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "Orange."}]},
-        {"role": "user", "content": [{"type": "image", "image": "p.png"}, {"type": "text", "text": "Two?"}]},
-        {"role": "assistant", "content": "Dark."},
-    ]}
+    rec = {
+        "id": "m1",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "One?"}],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": "Orange."}]},
+            {"role": "user", "content": [{"type": "image", "image": "p.png"}, {"type": "text", "text": "Two?"}]},
+            {"role": "assistant", "content": "Dark."},
+        ],
+    }
     conv = conversation_from_record(rec, where="t", image_root=tmp_path)
     assert conv.images[0] == url and conv.images[1] == tmp_path / "p.png"
     sample = encode_conversation(small_processor, conv)
@@ -109,7 +115,9 @@ def test_image_root_default_is_the_manifest_folder_and_can_be_overridden(tmp_pat
     write_image(data / "images" / "a.png", (28, 28), (9, 9, 9))
     manifest = write_jsonl(data / "data.jsonl", [llava("r", "images/a.png", [("human", "<image>\nq"), ("gpt", "a")])])
     assert len(ConversationDataset(str(manifest), small_processor)) == 1  # relative to the manifest's folder
-    moved = write_jsonl(tmp_path / "elsewhere.jsonl", [llava("r", "images/a.png", [("human", "<image>\nq"), ("gpt", "a")])])
+    moved = write_jsonl(
+        tmp_path / "elsewhere.jsonl", [llava("r", "images/a.png", [("human", "<image>\nq"), ("gpt", "a")])]
+    )
     with pytest.raises(Exception, match="image file not found"):
         ConversationDataset(str(moved), small_processor, on_bad_sample="error")
     assert len(ConversationDataset(str(moved), small_processor, image_root=str(data))) == 1

@@ -21,10 +21,21 @@ def _png(size, color) -> bytes:
 
 def _samples():
     return [
-        ("k0", llava("k0", "images/k0.png", [("human", "<image>\nwhat?"), ("gpt", "red")]), [("png", _png((28, 28), (255, 0, 0)))]),
-        ("k1", llava("k1", "images/k1.png", [("human", "<image>\nand?"), ("gpt", "wide blue")]), [("png", _png((84, 28), (0, 0, 255)))]),
-        ("k2", llava("k2", ["a", "b"], [("human", "<image><image>two?"), ("gpt", "yes")]),
-         [("0.png", _png((28, 28), (1, 1, 1))), ("1.png", _png((28, 56), (2, 2, 2)))]),
+        (
+            "k0",
+            llava("k0", "images/k0.png", [("human", "<image>\nwhat?"), ("gpt", "red")]),
+            [("png", _png((28, 28), (255, 0, 0)))],
+        ),
+        (
+            "k1",
+            llava("k1", "images/k1.png", [("human", "<image>\nand?"), ("gpt", "wide blue")]),
+            [("png", _png((84, 28), (0, 0, 255)))],
+        ),
+        (
+            "k2",
+            llava("k2", ["a", "b"], [("human", "<image><image>two?"), ("gpt", "yes")]),
+            [("0.png", _png((28, 28), (1, 1, 1))), ("1.png", _png((28, 56), (2, 2, 2)))],
+        ),
     ]
 
 

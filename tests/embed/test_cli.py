@@ -34,7 +34,10 @@ def test_embed_cli_json(tiny_ckpt, capsys, single_embedder):
 
 
 def test_cli_errors_are_messages_not_tracebacks(tiny_ckpt, tmp_path, capsys):
-    assert embed_main(["--model", str(tiny_ckpt), "--input-type", "query", "--image", str(DATA / "images" / "doc0.png")]) == 2
+    assert (
+        embed_main(["--model", str(tiny_ckpt), "--input-type", "query", "--image", str(DATA / "images" / "doc0.png")])
+        == 2
+    )
     assert "only accepted with input_type='passage'" in capsys.readouterr().err
     assert search_main(["--model", str(tiny_ckpt), "--db", str(tmp_path / "empty"), "q"]) == 2
     assert "run `nemo-eagle index` first" in capsys.readouterr().err
@@ -71,7 +74,9 @@ def test_index_then_search_and_rerank(tiny_ckpt, tmp_path, capsys, single_embedd
 
     reranker = EagleEmbedder.from_pretrained(tiny_ckpt, mode="multi", max_tiles=1)
     logits = reranker.score(reranker.embed_queries([query]), reranker.embed_documents(files))[0]
-    assert [r["key"] for r in reranked["results"]] == [files[i].name for i in torch.argsort(logits, descending=True)[:2]]
+    assert [r["key"] for r in reranked["results"]] == [
+        files[i].name for i in torch.argsort(logits, descending=True)[:2]
+    ]
 
 
 def test_eval_retrieval_on_fixture(tiny_ckpt, tmp_path, capsys, single_embedder):

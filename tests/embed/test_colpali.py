@@ -154,7 +154,10 @@ def test_colpali_engines_loss_trains_the_model(colpali, tiled, pages, monkeypatc
     monkeypatch.setenv("COLPALI_SCORES_BACKEND", "torch")
     processor, model = tiled
     loss_fn = colpali.late_interaction_losses.ColbertLoss()
-    queries, docs = processor.process_queries(["red page", "blue page", "green page"]), processor.process_images(pages[:3])
+    queries, docs = (
+        processor.process_queries(["red page", "blue page", "green page"]),
+        processor.process_images(pages[:3]),
+    )
     weight = model.embedder.projection.weight
     before = weight.detach().clone()
     try:

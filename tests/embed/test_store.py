@@ -39,7 +39,10 @@ def test_indexed_image_queried_with_itself_ranks_first(which, pages, tmp_path, r
     store = open_store(str(tmp_path / "db"))  # reopened from disk
     try:
         assert isinstance(store, QdrantStore) and store.count() == len(pages)
-        assert store.layout()["multi"] == (emb.mode == "multi") and store.layout()["metadata"]["embedder"]["mode"] == emb.mode
+        assert (
+            store.layout()["multi"] == (emb.mode == "multi")
+            and store.layout()["metadata"]["embedder"]["mode"] == emb.mode
+        )
         queries = emb.embed(pages, "passage")  # each page again, as a passage
         for i, query in enumerate(queries):
             hits = store.search(query, top_k=3)

@@ -29,7 +29,9 @@ def _synthetic() -> list[Example]:
     """Queries and passages share no words: the pairing can only be learned."""
     rng = random.Random(0)
     codes = [f"code {rng.randint(100, 999)} {rng.choice('xyzw')}" for _ in WORDS]
-    return [Example(f"where is the {w}", c, [codes[(i + 1) % len(codes)]]) for i, (w, c) in enumerate(zip(WORDS, codes))]
+    return [
+        Example(f"where is the {w}", c, [codes[(i + 1) % len(codes)]]) for i, (w, c) in enumerate(zip(WORDS, codes))
+    ]
 
 
 def test_finetune_raises_recall_at_1(tiny_ckpt):
@@ -78,7 +80,10 @@ def test_lora_trains_adapters_only_then_merges(tiny_ckpt):
 def test_load_examples(tmp_path):
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "p.png").write_bytes(b"")
-    rows = [{"query": "q", "positive": {"image": "img/p.png", "text": "t"}, "negatives": ["n"]}, {"query": "q2", "positive": "p"}]
+    rows = [
+        {"query": "q", "positive": {"image": "img/p.png", "text": "t"}, "negatives": ["n"]},
+        {"query": "q2", "positive": "p"},
+    ]
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     ex = load_examples(tmp_path / "train.jsonl")
     assert ex[0].positive == {"image": str(tmp_path / "img" / "p.png"), "text": "t"} and ex[1].negatives == []

@@ -125,9 +125,9 @@ def test_tiny_model_projector_through_use_kernels_matches_torch(tiny_ckpt, monke
 
 @pytest.mark.usefixtures("interpreter")
 def test_processor_tiles_through_the_kernel(tiny_ckpt, fixtures_dir, monkeypatch):
-    import triton_kernels.tiles as tiles
     from dataclasses import replace
 
+    import triton_kernels.tiles as tiles
     from nemo_eagle import EagleProcessor
 
     calls = _count_calls(monkeypatch, tiles, "tile_images_op")

@@ -15,7 +15,9 @@ def nine_microbatches(ckpt: Path, image: Path) -> list[dict]:
     from nemo_eagle.megatron.train import make_microbatch
 
     proc = EagleProcessor.from_pretrained(ckpt)
-    prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}])
+    prompt = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    )
     batch = proc(text=prompt, images=[Image.open(image)], max_tiles=1)
     ids, tile = batch["input_ids"], batch["pixel_values"]
     answer_only = ids.clone()

@@ -28,7 +28,9 @@ def test_megatron_9b_matches_eagle_model_and_nvidia(megatron_cpu, ckpt, nine):
     from PIL import Image
 
     proc = EagleProcessor.from_pretrained(ckpt)
-    prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}])
+    prompt = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    )
     batch = proc(text=prompt, images=[Image.open(nine / "images" / "small_300x200.png")])
     ref = np.load(nine / "expected" / "small_300x200.npz")
     eager = EagleModel.from_pretrained(ckpt, dtype=torch.float32, attn_implementation="eager")
@@ -87,5 +89,7 @@ def test_convnext_parameter_count_matches_the_built_branch(ckpt):
     from nemo_eagle.megatron.config import convnext_parameters
 
     model = EagleModel.from_pretrained(ckpt)
-    assert convnext_parameters(model.config.vision.convnext) == sum(p.numel() for p in model.vision.convnext.parameters())
+    assert convnext_parameters(model.config.vision.convnext) == sum(
+        p.numel() for p in model.vision.convnext.parameters()
+    )
     assert 846e6 < convnext_parameters(get_preset("eagle2-9b").vision.convnext) < 847e6  # ConvNeXt-XXLarge

@@ -29,7 +29,9 @@ def child_processes_run_megatron_on_cpu(tmp_path, monkeypatch):
 def _logits(path, image):
     proc = EagleProcessor.from_pretrained(path)
     model = EagleModel.from_pretrained(path, dtype=torch.float32)
-    prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}])
+    prompt = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    )
     with torch.no_grad():
         return model(**proc(text=prompt, images=[image], max_tiles=2)).logits
 

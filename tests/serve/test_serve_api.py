@@ -198,7 +198,11 @@ async def test_bad_requests_are_4xx_with_a_clear_message(engine, name):
     body, status, words = BAD_REQUESTS[name]
     client, app = make_client(engine)
     async with client:
-        kw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+        kw = (
+            {"content": body, "headers": {"content-type": "application/json"}}
+            if isinstance(body, bytes)
+            else {"json": body}
+        )
         resp = await client.post("/v1/chat/completions", **kw)
         assert_openai_error(resp, status, *words)
         ok = await client.post("/v1/chat/completions", json=chat_body("still alive"))

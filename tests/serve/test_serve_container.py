@@ -84,12 +84,16 @@ def _fake_cli(tmp_path: Path) -> dict[str, str]:
 
 def test_entrypoint_starts_serve_with_passed_arguments(tmp_path):
     env = _fake_cli(tmp_path) | {"NIM_MODEL_PATH": "hf://nvidia/Eagle2-1B", "NIM_CACHE_PATH": str(tmp_path / "c")}
-    out = subprocess.run(["bash", str(ENTRYPOINT), "--max-tiles", "6"], env=env, capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["bash", str(ENTRYPOINT), "--max-tiles", "6"], env=env, capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert "args: serve --max-tiles 6" in out.stdout
     assert f"hf_home: {tmp_path / 'c' / 'huggingface'}" in out.stdout and (tmp_path / "c").is_dir()
 
 
 def test_entrypoint_explains_a_missing_model(tmp_path):
-    out = subprocess.run(["bash", str(ENTRYPOINT)], env=_fake_cli(tmp_path), capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["bash", str(ENTRYPOINT)], env=_fake_cli(tmp_path), capture_output=True, text=True, check=False
+    )
     assert out.returncode == 2 and "NIM_MODEL_PATH" in out.stderr and "args:" not in out.stdout

@@ -146,7 +146,11 @@ BAD = {
 def test_bad_requests_get_4xx_and_the_server_lives(server, client, name):
     body, status, words = BAD[name]
     route = "/v1/embeddings" if "input" in (body if isinstance(body, dict) else {}) else "/v1/chat/completions"
-    kw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+    kw = (
+        {"content": body, "headers": {"content-type": "application/json"}}
+        if isinstance(body, bytes)
+        else {"json": body}
+    )
     resp = httpx.post(server.base + route, timeout=60, **kw)
     assert resp.status_code == status, resp.text
     assert words.lower() in resp.json()["error"]["message"].lower()
@@ -225,7 +229,9 @@ def test_client_disconnect_cancels_generation(server, stream):
 
 def test_embeddings_and_ranking_through_triton(server, client, engine):
     img = data_url(png_bytes(200, 150, 7))
-    r = client.embeddings.create(model=MODEL, input=["a red car", f"a chart {img}"], extra_body={"input_type": "passage"})
+    r = client.embeddings.create(
+        model=MODEL, input=["a red car", f"a chart {img}"], extra_body={"input_type": "passage"}
+    )
     expected = engine.embedder.embed(["a red car", f"a chart {img}"], "passage")
     got = torch.tensor([d.embedding for d in r.data])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)

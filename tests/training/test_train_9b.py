@@ -70,6 +70,8 @@ def test_eagle2_9b_recipe_trains_each_branch_separately(case, nine_ckpt, color_d
     # the .nemo keeps the 9B preprocessing contract and generates through it
     proc = EagleProcessor.from_pretrained(result.nemo_path)
     assert (proc.tiling.prompt_format, proc.tiling.resize, proc.tiling.alpha) == ("qwen2_chat", "pil", "drop")
-    prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}])
+    prompt = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    )
     batch = proc(text=prompt, images=[str(color_data / "images" / "red.png")])
     assert model.generate(**batch, max_new_tokens=2).shape == (1, 2)

@@ -99,7 +99,9 @@ def test_cli_stops_on_bad_data_when_asked(tiny_ckpt, tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "lost-1", "image": "nowhere.png", "conversations": [
         {"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}) + "\n")
     args = tiny_overrides(tiny_ckpt, tmp_path, tmp_path / "exp", "data.on_bad_sample=error")
-    args = [a if not a.startswith("data.train_manifest=") else f"data.train_manifest={tmp_path / 'bad.jsonl'}" for a in args]
+    args = [
+        a if not a.startswith("data.train_manifest=") else f"data.train_manifest={tmp_path / 'bad.jsonl'}" for a in args
+    ]
     assert train_main(args) == 2
     err = capsys.readouterr().err
     assert "bad sample 'lost-1'" in err and "image file not found" in err

@@ -76,7 +76,9 @@ def test_a_few_gpu_training_steps(precision, tiny_ckpt, color_data, tmp_path):
                                   "model.config.llm.num_hidden_layers=4"))
     result = train(run)
     if precision == "fp8_te":
-        te_layers = [n for n, m in result.model.model.named_modules() if type(m).__module__.startswith("transformer_engine")]
+        te_layers = [
+            n for n, m in result.model.model.named_modules() if type(m).__module__.startswith("transformer_engine")
+        ]
         assert te_layers and all(".layers.1." in n or ".layers.2." in n for n in te_layers)
     losses = [r["loss"] for r in read_step_log(exp / "train_log.jsonl")]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)

@@ -41,7 +41,9 @@ def test_tiny_model_learns_colours_and_exports_a_nemo(tiny_ckpt, color_data, tmp
 
     # ... and gives the same logits as the model that was trained in memory
     trained = result.model.model.eval()
-    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}])
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    )
     batch = processor(text=prompt, images=[str(color_data / "images" / "red.png")])
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, trained(**batch).logits)

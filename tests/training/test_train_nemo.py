@@ -73,7 +73,9 @@ def test_nemo_loads_in_eagle_model_with_the_same_logits(tiny_ckpt, tiny_nemo, fi
     got = EagleModel.from_pretrained(tiny_nemo)
     assert got.tokenizer is not None and got.config.image_token_id == 424
     proc = EagleProcessor.from_pretrained(tiny_ckpt)
-    prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}])
+    prompt = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    )
     batch = proc(text=prompt, images=[str(fixtures_dir / "images" / "rgb_640x480.png")], max_tiles=2)
     with torch.no_grad():
         assert torch.equal(got(**batch).logits, ref(**batch).logits)

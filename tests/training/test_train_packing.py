@@ -27,9 +27,18 @@ def samples(tiny_ckpt, tmp_path_factory):
     recs = []
     for i, size in enumerate([(28, 28), (56, 28), (28, 84)]):  # 1, 3 and 4 tiles
         Image.new("RGB", size, (60 * i, 255 - 60 * i, 7)).save(root / f"{i}.png")
-        recs.append({"id": f"p{i}", "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nDescribe." + " more" * i}, {"from": "gpt", "value": "A colour." * (i + 1)},
-            {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "Yes" + "!" * i}]})
+        recs.append(
+            {
+                "id": f"p{i}",
+                "image": f"{i}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nDescribe." + " more" * i},
+                    {"from": "gpt", "value": "A colour." * (i + 1)},
+                    {"from": "human", "value": "Sure?"},
+                    {"from": "gpt", "value": "Yes" + "!" * i},
+                ],
+            }
+        )
     (root / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     model = load_model(ModelSpec(config=TINY, tokenizer_from=str(tiny_ckpt)))
     ds = ConversationDataset(str(root / "d.jsonl"), model.processor)

@@ -66,7 +66,9 @@ def test_swap_keeps_keys_values_and_excludes_edges(fake_te):
     for name, module in model.named_modules():
         if isinstance(module, FakeTELinear):
             assert name in swapped
-        if name.startswith(("vision.", "projector.", "language_model.model.layers.0.", "language_model.model.layers.3.")):
+        if name.startswith(
+            ("vision.", "projector.", "language_model.model.layers.0.", "language_model.model.layers.3.")
+        ):
             assert not isinstance(module, FakeTELinear), name
     after = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     assert after.keys() == before.keys()  # checkpoint keys unchanged
@@ -99,7 +101,9 @@ def test_fp8_that_swaps_nothing_is_an_error_not_bf16(fake_te):
     from nemo_eagle.training.peft import apply_lora
 
     model = _model()
-    apply_lora(model, PeftConfig(method="lora", r=4, alpha=8, targets=["language_model.model.layers.*.self_attn.*_proj"]))
+    apply_lora(
+        model, PeftConfig(method="lora", r=4, alpha=8, targets=["language_model.model.layers.*.self_attn.*_proj"])
+    )
     with pytest.raises(PrecisionUnavailable, match="wrapped by LoRA"):
         swap_for_fp8(model, FP8_EXCLUDE, te=fake_te)
     assert swap_for_fp8(_model(), FP8_EXCLUDE, te=fake_te)  # middle layers qualify: the run really uses FP8

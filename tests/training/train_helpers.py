@@ -17,8 +17,13 @@ def write_color_dataset(root: Path) -> Path:
     recs = []
     for name, rgb in COLORS.items():
         Image.new("RGB", (28, 28), rgb).save(root / "images" / f"{name}.png")
-        recs.append({"id": name, "image": f"images/{name}.png",
-                     "conversations": [{"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": name}]})
+        recs.append(
+            {
+                "id": name,
+                "image": f"images/{name}.png",
+                "conversations": [{"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": name}],
+            }
+        )
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     return root
 
@@ -31,6 +36,8 @@ def tiny_overrides(tiny_ckpt: Path, data: Path, exp_dir: Path, *extra: str) -> l
 
 
 def ask(model, processor, image: Path, max_new_tokens: int = 6) -> str:
-    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}])
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    )
     batch = processor(text=prompt, images=[str(image)])
     return processor.decode(model.generate(**batch, max_new_tokens=max_new_tokens)[0])

@@ -140,7 +140,9 @@ class Engine:
         if max_new_tokens is None:
             reserve = max(1, min(reserve, room))
         if room < reserve:
-            what = f"{text_tokens} text tokens" + (f" + at least {n_images * per_tile} image tokens" if n_images else "")
+            what = f"{text_tokens} text tokens" + (
+                f" + at least {n_images * per_tile} image tokens" if n_images else ""
+            )
             raise EngineError(f"the prompt needs {what}, and with max_tokens={reserve} this exceeds the context of "
                               f"{self.max_model_len} tokens; shorten the prompt, send fewer images or lower max_tokens",
                               code="context_length_exceeded", param="messages")

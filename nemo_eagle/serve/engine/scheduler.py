@@ -167,7 +167,11 @@ class Scheduler:
             self.decoding)
         vc = self.runner.vision_cache
         if vc is not None:
-            s.vision_hits, s.vision_misses, s.vision_seconds_saved = vc.stats.hits, vc.stats.misses, vc.stats.seconds_saved
+            s.vision_hits, s.vision_misses, s.vision_seconds_saved = (
+                vc.stats.hits,
+                vc.stats.misses,
+                vc.stats.seconds_saved,
+            )
         s.vision_seconds = self.runner.vision_seconds
         s.idle = not worked
         if self.on_step is not None:
