@@ -62,7 +62,7 @@ def test_generate_is_the_greedy_argmax_chain_and_stream_decodes_it(sensitive, im
     assert out.tolist() == ids[:, batch["input_ids"].shape[1]:].tolist()
     assert len(set(out[0].tolist())) > 1  # not the input-blind single token
     streamed = "".join(model.stream(**batch, max_new_tokens=6, eos_token_id=-1))
-    assert streamed == proc.decode(out[0]).rstrip("\ufffd")  # a stream holds back an unfinished UTF-8 character
+    assert streamed == proc.decode(out[0])  # the stream ends with what a full decode gives (one detokenizer)
     other = _batch(proc, Image.fromarray(np.full((200, 300, 3), 255, np.uint8)))
     assert model.generate(**other, max_new_tokens=6, eos_token_id=-1).tolist() != out.tolist()
 

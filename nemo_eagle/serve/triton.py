@@ -10,6 +10,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -123,6 +124,21 @@ class TritonPorts:
     metrics: int
 
 
+# tritonserver's complaints about the CUDA driver on a machine without one: expected there, not worth a warning.
+_NO_GPU_NOISE = re.compile(r"CUDA driver|CudaDriverHelper|pinned memory pool|Unable to allocate pinned system memory")
+
+
+def triton_log_level(line: str, *, cuda: bool) -> int:
+    """The level a tritonserver log line is logged at: its errors and warnings as warnings, but not the CUDA-driver
+    lines of a CPU-only machine; our model's own lines as info; the rest as debug."""
+    level = logging.WARNING if line[:1] in ("E", "W") and line[1:2].isdigit() else logging.DEBUG
+    if not cuda and _NO_GPU_NOISE.search(line):
+        level = logging.DEBUG
+    if "[triton]" in line or "Traceback" in line:  # our model's own log lines
+        level = max(level, logging.INFO)
+    return level
+
+
 class TritonServer:
     """One tritonserver process serving the Eagle model from a generated model repository."""
 
@@ -191,13 +207,13 @@ class TritonServer:
 
     def _pump_logs(self) -> None:
         assert self.process is not None and self.process.stdout is not None
+        import torch
+
+        self._cuda = torch.cuda.is_available()
         for raw in self.process.stdout:
             line = raw.decode(errors="replace").rstrip()
             self.logs.append(line)
-            level = logging.WARNING if line[:1] in ("E", "W") and line[1:2].isdigit() else logging.DEBUG
-            if "[triton]" in line or "Traceback" in line:  # our model's own log lines
-                level = max(level, logging.INFO)
-            log.log(level, "tritonserver: %s", line)
+            log.log(triton_log_level(line, cuda=self._cuda), "tritonserver: %s", line)
 
     def is_alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -488,3 +488,19 @@ async def test_image_fetch_connects_to_the_checked_address(engine, image_host, m
             image_message([f"http://images.test:{port}/ok.png"], "x"), max_tiles=1))
         assert r.status_code == 200, r.text
     assert checked == ["images.test"] and app.state.serve.backend.jobs[-1].images == [ok]
+
+
+def test_cpu_machine_does_not_warn_about_the_cuda_driver():
+    """tritonserver's CUDA-driver lines (real lines of its CPU start-up) are debug on a CPU machine, warnings where
+    a GPU is expected; its other warnings stay warnings."""
+    import logging
+
+    from nemo_eagle.serve.triton import triton_log_level
+
+    pinned = ("W1202 01:02:03.456 1 pinned_memory_manager.cc:273] Unable to allocate pinned system memory, pinned "
+              "memory pool will not be available: CUDA driver version is insufficient for CUDA runtime version")
+    helper = "E1202 01:02:03.457 1 server.cc:241] CudaDriverHelper has not been initialized."
+    other = "W1202 01:02:03.458 1 model_lifecycle.cc:100] failed to load 'eagle'"
+    assert triton_log_level(pinned, cuda=False) == logging.DEBUG == triton_log_level(helper, cuda=False)
+    assert triton_log_level(pinned, cuda=True) == logging.WARNING == triton_log_level(helper, cuda=True)
+    assert triton_log_level(other, cuda=False) == logging.WARNING
