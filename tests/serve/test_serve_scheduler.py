@@ -174,6 +174,7 @@ def test_cancelling_frees_the_cache_slot(engine):
 
     try:
         sched.submit(long_job, long_sink, flag.is_set)
+        assert flag.wait(60)  # the long job holds the only slot (submitting both at once races their preprocessing)
         sched.submit(short, short_sink)
         assert got.done.wait(60)
     finally:
