@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import shutil
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from serve import png  # noqa: E402 - the same test images as benchmarks/serve.py (this folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "fixtures" / "tiny-eagle2"
@@ -55,17 +56,6 @@ def mid_size_checkpoint(out: Path, layers: int) -> Path:
         if (TINY / name).exists():
             shutil.copyfile(TINY / name, out / name)
     return out
-
-
-def png(width: int, height: int, seed: int) -> bytes:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    img = np.stack([x % 256, y % 256, (x * y) % 256], -1) + rng.integers(0, 16, (height, width, 3))
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------ load
