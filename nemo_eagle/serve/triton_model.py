@@ -108,20 +108,24 @@ class TritonPythonModel:
         self.m_batch.observe(float(len(requests)))
         for request in requests:
             sender = request.get_response_sender()
-            try:
-                header, images = self._read(request)
-                if header.get("task") in ("embed", "rank"):
-                    payload = json.dumps(self.engine.run_task(header)).encode()
-                else:
-                    job = GenerationJob(**header, images=images)
-                    self.scheduler.submit(job, self._sink(sender), request.is_cancelled)
-                    continue
-            except EngineError as e:
-                payload = GenerationEvent(finish_reason="error", error=e.to_dict()).to_json()
-            except (ValueError, TypeError, KeyError) as e:
-                err = EngineError(f"malformed request to the Triton model: {e}")
-                payload = GenerationEvent(finish_reason="error", error=err.to_dict()).to_json()
-            sender.send(self._event(payload), flags=final)
+            job, payload = self._job_or_reply(request)
+            if job is not None:
+                self.scheduler.submit(job, self._sink(sender), request.is_cancelled)
+            else:
+                sender.send(self._event(payload), flags=final)
+
+    def _job_or_reply(self, request: Any) -> tuple[GenerationJob | None, bytes | None]:
+        """A generation job to schedule, or the one reply to send now (embeddings, ranking, a refused request)."""
+        try:
+            header, images = self._read(request)
+            if header.get("task") in ("embed", "rank"):
+                return None, json.dumps(self.engine.run_task(header)).encode()
+            return GenerationJob(**header, images=images), None
+        except EngineError as e:
+            return None, GenerationEvent(finish_reason="error", error=e.to_dict()).to_json()
+        except (ValueError, TypeError, KeyError) as e:
+            err = EngineError(f"malformed request to the Triton model: {e}")
+            return None, GenerationEvent(finish_reason="error", error=err.to_dict()).to_json()
 
     def _sink(self, sender: Any):
         final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -147,19 +151,11 @@ class TritonPythonModel:
         done = [False] * len(requests)
         jobs, owner = [], []
         for k, request in enumerate(requests):
-            try:
-                header, images = self._read(request)
-                if header.get("task") in ("embed", "rank"):
-                    payload = json.dumps(self.engine.run_task(header)).encode()
-                else:
-                    jobs.append(GenerationJob(**header, images=images))
-                    owner.append(k)
-                    continue
-            except EngineError as e:
-                payload = GenerationEvent(finish_reason="error", error=e.to_dict()).to_json()
-            except (ValueError, TypeError, KeyError) as e:
-                err = EngineError(f"malformed request to the Triton model: {e}")
-                payload = GenerationEvent(finish_reason="error", error=err.to_dict()).to_json()
+            job, payload = self._job_or_reply(request)
+            if job is not None:
+                jobs.append(job)
+                owner.append(k)
+                continue
             senders[k].send(self._event(payload), flags=final)
             done[k] = True
         if jobs:
