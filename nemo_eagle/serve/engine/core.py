@@ -281,6 +281,7 @@ class Engine:
         pixel_values = torch.cat(pixels).to(self.model.dtype) if pixels else None
         return ids, mask, pixel_values
 
+    @torch.inference_mode()  # without it every step's autograd graph stays alive through the cache: O(n^2) memory
     def _generate(self, group: list[tuple[int, GenerationJob, Any]],
                   cancelled: Callable[[int], bool]) -> Iterator[tuple[int, GenerationEvent]]:
         from nemo_eagle.modeling.generation import GenerationConfig, iter_tokens
