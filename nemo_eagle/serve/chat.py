@@ -8,6 +8,7 @@ before any byte of a stream is sent; a client that disconnects cancels its jobs 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from nemo_eagle.serve.engine import EngineError, GenerationEvent, GenerationJob, RequestPlan
+from nemo_eagle.serve.limits import check_completion_tokens, check_messages, completion_cap, text_limit
 from nemo_eagle.serve.media import FetchedImage
 from nemo_eagle.serve.schema import (
     AssistantMessage,
@@ -91,12 +93,38 @@ async def collect_images(st: ServeState, messages: list[ChatMessage]) -> tuple[l
     return converted, list(images)
 
 
+def check_request_size(st: ServeState, req: ChatCompletionRequest) -> None:
+    """Message count, text size and completion length: checked before anything is fetched or tokenised."""
+    engine = st.engine
+    check_messages(req.messages, max_messages=st.settings.max_messages,
+                   max_chars=text_limit(st.settings, engine.tokenizer, engine.max_model_len))
+    check_completion_tokens(req.completion_limit, _max_tokens_param(req),
+                            completion_cap(st.settings, engine.max_model_len))
+
+
+def _max_tokens_param(req: ChatCompletionRequest) -> str:
+    return "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+
+
 def plan_request(st: ServeState, req: ChatCompletionRequest, messages: list[dict],
                  images: list[FetchedImage]) -> RequestPlan:
+    """Render, tokenise and fit the tiling (blocking: the route runs it on ``st.planner``, off the event loop)."""
     prompt = st.engine.render(messages)
-    return st.engine.plan(prompt, [(im.width, im.height) for im in images], max_tiles=req.max_tiles,
-                          max_new_tokens=req.completion_limit, default_max_tokens=st.settings.default_max_tokens,
-                          max_tiles_cap=st.settings.max_tiles)
+    sizes = [(im.width, im.height) for im in images]
+    default = min(st.settings.default_max_tokens, completion_cap(st.settings, st.engine.max_model_len))
+    plan = functools.partial(st.engine.plan, prompt, sizes, max_tiles=req.max_tiles,
+                             default_max_tokens=default, max_tiles_cap=st.settings.max_tiles)
+    try:
+        return plan(max_new_tokens=req.completion_limit)
+    except EngineError as e:
+        if e.code != "context_length_exceeded" or req.completion_limit is None:
+            raise
+        try:
+            plan(max_new_tokens=1)
+        except EngineError:
+            raise e from None  # the prompt alone does not fit: the error names the messages
+        e.param = _max_tokens_param(req)  # the prompt fits: the completion length asked for is what does not
+        raise
 
 
 def make_jobs(req: ChatCompletionRequest, plan: RequestPlan, images: list[FetchedImage], cid: str, *,
@@ -125,8 +153,10 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
                               "retry later", code="overloaded", headers={"Retry-After": "1"})
     if req.ignored_fields:
         log.debug("ignoring unsupported fields %s", req.ignored_fields)
+    check_request_size(st, req)
     messages, images = await collect_images(st, req.messages)
-    plan = plan_request(st, req, messages, images)
+    plan = await asyncio.get_running_loop().run_in_executor(
+        st.planner, functools.partial(plan_request, st, req, messages, images))
     cid = f"chatcmpl-{uuid.uuid4().hex}"
     jobs = make_jobs(req, plan, images, cid, max_image_pixels=st.settings.max_image_pixels)
     st.metrics.images.inc(len(images))

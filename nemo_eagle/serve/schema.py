@@ -18,6 +18,14 @@ MAX_STOP_SEQUENCES = 4
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        from nemo_eagle.serve.limits import reject_surrogates  # a 400 naming the field (EngineError passes through)
+
+        reject_surrogates(data)
+        return data
+
     @property
     def ignored_fields(self) -> list[str]:
         return sorted(self.model_extra or {})

@@ -106,6 +106,14 @@ class ServeSettings(BaseSettings):
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest width*height of an image; "
                                   "refuses decompression bombs before decoding (413 above)")
     max_images_per_request: int = Field(16, ge=0, description="most images in one request (400 above)")
+    max_messages: int = Field(2048, ge=1, description="most messages in one chat request (400 above; OpenAI's "
+                              "limit), checked before the chat template is rendered")
+    max_prompt_chars: int | None = Field(
+        None, ge=1, description="most characters of message text in one request, checked before tokenising (400 "
+        "above; default: the context length times the longest token, which no longer text can fit)")
+    max_tokens_limit: int | None = Field(
+        None, ge=1, description="most completion tokens (max_tokens / max_completion_tokens) one request may ask "
+        "for (400 above; default: the context length, which one KV-cache slot holds)")
     max_batch_inputs: int = Field(1024, ge=1, description="most inputs of one /v1/embeddings request or passages "
                                   "of one /v1/ranking request (400 above)")
     max_concurrent_requests: int = Field(256, ge=1, description="generation jobs in flight before new requests "

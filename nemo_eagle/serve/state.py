@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ class ServeState:
     draining: bool = False
     in_flight: int = 0  # HTTP requests being served
     active_jobs: int = 0  # generation jobs submitted to the backend and not finished
+    # chat-template rendering and tokenising run here, off the event loop; few threads bound the memory they use
+    planner: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="plan"))
 
     @property
     def model_name(self) -> str:
