@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from nemo_eagle.data.images import ImageError, ImageTooLarge, decode_data_url, read_image_header
 from nemo_eagle.serve.engine import EngineError
@@ -54,6 +55,43 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def parse_image_url(url: str, name: str) -> tuple[SplitResult, str, int]:
+    """An http(s) URL split into (parts, host in ASCII, port), or a 400 naming ``name`` for anything malformed:
+    bad brackets, a port out of range, an empty or over-long label, characters no host name has."""
+
+    def bad(why: str) -> EngineError:
+        return EngineError(f"{name}: malformed image URL ({why})", code="invalid_image_url", param=name)
+
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as e:  # "Invalid IPv6 URL", "Port out of range 0-65535", ...
+        raise bad(str(e)) from None
+    if not host:
+        raise bad("no host")
+    if port == 0:
+        raise bad("port 0")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if "[" in parts.netloc and (ip is None or ip.version != 6):
+        raise bad(f"[{host}] is not an IPv6 address")
+    if ip is not None:
+        host = ip.compressed
+    else:
+        try:
+            host = host.rstrip(".").encode("idna").decode("ascii").lower()
+        except (UnicodeError, ValueError):
+            raise bad(f"{host!r} is not a valid host name") from None
+        if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in host.split(".")):
+            raise bad(f"{host!r} is not a valid host name")
+    return parts, host, port or (443 if parts.scheme == "https" else 80)
+
+
 async def _resolve(host: str, port: int) -> list[str]:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -90,23 +128,30 @@ class ImageFetcher:
 
     async def _download(self, url: str, name: str) -> bytes:
         s = self.settings
-        parts = urlsplit(url)
-        host = parts.hostname or ""
         if not s.allowed_image_hosts:
             raise EngineError(f"{name}: this server does not fetch image URLs; send the image as a data URL "
                               "(or start it with --allowed-image-hosts)", code="invalid_image_url", param=name)
+        parts, host, port = parse_image_url(url, name)
         if not host_allowed(host, s.allowed_image_hosts):
             raise EngineError(f"{name}: host {host!r} is not on the image allow-list", code="invalid_image_url",
                               param=name)
+        try:  # one deadline for the whole fetch: name lookup, connect and every byte of the body
+            async with asyncio.timeout(s.image_fetch_timeout):
+                return await self._fetch_checked(parts, host, port, name)
+        except TimeoutError:
+            raise EngineError(f"{name}: fetching the image URL took longer than {s.image_fetch_timeout:g} s "
+                              "(--image-fetch-timeout)", code="image_fetch_timeout", param=name) from None
+
+    async def _fetch_checked(self, parts: SplitResult, host: str, port: int, name: str) -> bytes:
+        s = self.settings
         try:
-            addresses = await _resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
-        except OSError as e:
-            raise EngineError(f"{name}: cannot resolve {host!r} ({e})", code="invalid_image_url", param=name) from e
-        if not s.allow_private_image_urls:
-            private = [a for a in addresses if not is_public_address(a)]
-            if private:
-                raise EngineError(f"{name}: {host!r} resolves to a private or loopback address ({private[0]}); "
-                                  "refused", code="invalid_image_url", param=name)
+            addresses = await _resolve(host, port)
+        except (OSError, ValueError) as e:  # UnicodeError (a ValueError) for names the IDNA codec refuses
+            raise EngineError(f"{name}: cannot resolve {host!r}", code="invalid_image_url", param=name) from e
+        if not s.allow_private_image_urls and any(not is_public_address(a) for a in addresses):
+            # NOTE: never say which address: that would map the server's internal network for the client
+            raise EngineError(f"{name}: {host!r} resolves to a private or loopback address; refused",
+                              code="invalid_image_url", param=name)
         import httpx
 
         if self.http is None:
@@ -118,7 +163,7 @@ class ImageFetcher:
         if parts.port:
             netloc += f":{parts.port}"
         pinned = parts._replace(netloc=netloc).geturl()
-        headers = {"Host": parts.netloc.rpartition("@")[2]}
+        headers = {"Host": (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")}
         extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
         try:
             async with self.http.stream("GET", pinned, headers=headers, extensions=extensions) as resp:
@@ -133,7 +178,7 @@ class ImageFetcher:
                         raise _too_large(f"{name}: image URL body exceeds {s.max_image_bytes} bytes", name)
                     chunks.append(chunk)
                 return b"".join(chunks)
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
             raise EngineError(f"{name}: could not fetch the image URL ({type(e).__name__})", code="invalid_image_url",
                               param=name) from e
 
