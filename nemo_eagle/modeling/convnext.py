@@ -6,8 +6,9 @@ settings differ from transformers' defaults and are set here: the stem, downsamp
 use eps 1e-5 (transformers hard-codes 1e-6), and the input is the SigLIP-normalised 448 tile resized to the
 branch's size (bilinear, ``align_corners=True``) and moved to CLIP normalisation as ``x * a + b``.
 
-The checkpoint keeps timm's names; ``TIMM_TO_HF`` maps them (``convert.hf`` applies it). The classification
-head (``head.norm``, ``head.fc``) is in the checkpoint and unused; it is kept so a save writes it back.
+The checkpoint keeps timm's names; ``CONVNEXT_NAMES`` maps them both ways (``convert.hf`` applies it). The
+classification head (``head.norm``, ``head.fc``) is in the checkpoint and unused; it is kept so a save writes it
+back.
 """
 
 from __future__ import annotations
@@ -22,49 +23,54 @@ from transformers import ConvNextConfig, ConvNextModel
 
 from nemo_eagle.config import CLIP_MEAN, CLIP_STD
 
-# (timm name pattern, name inside ConvNeXtBranch); group references carry stage / block indices.
-TIMM_TO_HF: tuple[tuple[str, str], ...] = (
-    (r"stem\.0\.(weight|bias)", r"model.embeddings.patch_embeddings.\1"),
-    (r"stem\.1\.(weight|bias)", r"model.embeddings.layernorm.\1"),
-    (r"stages\.(\d+)\.downsample\.([01])\.(weight|bias)", r"model.encoder.stages.\1.downsampling_layer.\2.\3"),
-    (r"stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.(weight|bias)", r"model.encoder.stages.\1.layers.\2.dwconv.\3"),
-    (r"stages\.(\d+)\.blocks\.(\d+)\.norm\.(weight|bias)", r"model.encoder.stages.\1.layers.\2.layernorm.\3"),
-    (r"stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", r"model.encoder.stages.\1.layers.\2.pwconv1.\3"),
-    (r"stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", r"model.encoder.stages.\1.layers.\2.pwconv2.\3"),
-    (r"stages\.(\d+)\.blocks\.(\d+)\.(?:weight|gamma)", r"model.encoder.stages.\1.layers.\2.layer_scale_parameter"),
-    (r"head\.norm\.(weight|bias)", r"model.layernorm.\1"),
-    (r"head\.fc\.(weight|bias)", r"head_fc.\1"),
+# (checkpoint name, name inside ConvNeXtBranch), one row per tensor kind, used both ways. Slots: {s} stage,
+# {b} block, {d} downsampling layer (0 norm, 1 conv), {p} weight or bias. timm >= 0.9 saves the layer scale as
+# ``weight``; older timm called it ``gamma``, which loads too (TIMM_ALIASES) and is written back as ``weight``.
+CONVNEXT_NAMES: tuple[tuple[str, str], ...] = (
+    ("stem.0.{p}", "model.embeddings.patch_embeddings.{p}"),
+    ("stem.1.{p}", "model.embeddings.layernorm.{p}"),
+    ("stages.{s}.downsample.{d}.{p}", "model.encoder.stages.{s}.downsampling_layer.{d}.{p}"),
+    ("stages.{s}.blocks.{b}.conv_dw.{p}", "model.encoder.stages.{s}.layers.{b}.dwconv.{p}"),
+    ("stages.{s}.blocks.{b}.norm.{p}", "model.encoder.stages.{s}.layers.{b}.layernorm.{p}"),
+    ("stages.{s}.blocks.{b}.mlp.fc1.{p}", "model.encoder.stages.{s}.layers.{b}.pwconv1.{p}"),
+    ("stages.{s}.blocks.{b}.mlp.fc2.{p}", "model.encoder.stages.{s}.layers.{b}.pwconv2.{p}"),
+    ("stages.{s}.blocks.{b}.weight", "model.encoder.stages.{s}.layers.{b}.layer_scale_parameter"),
+    ("head.norm.{p}", "model.layernorm.{p}"),
+    ("head.fc.{p}", "head_fc.{p}"),
 )
-# The inverse, written as the checkpoint names it (timm >= 0.9 saves the layer scale as ``weight``).
-HF_TO_TIMM: tuple[tuple[str, str], ...] = (
-    (r"model\.embeddings\.patch_embeddings\.(weight|bias)", r"stem.0.\1"),
-    (r"model\.embeddings\.layernorm\.(weight|bias)", r"stem.1.\1"),
-    (r"model\.encoder\.stages\.(\d+)\.downsampling_layer\.([01])\.(weight|bias)", r"stages.\1.downsample.\2.\3"),
-    (r"model\.encoder\.stages\.(\d+)\.layers\.(\d+)\.dwconv\.(weight|bias)", r"stages.\1.blocks.\2.conv_dw.\3"),
-    (r"model\.encoder\.stages\.(\d+)\.layers\.(\d+)\.layernorm\.(weight|bias)", r"stages.\1.blocks.\2.norm.\3"),
-    (r"model\.encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv1\.(weight|bias)", r"stages.\1.blocks.\2.mlp.fc1.\3"),
-    (r"model\.encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv2\.(weight|bias)", r"stages.\1.blocks.\2.mlp.fc2.\3"),
-    (r"model\.encoder\.stages\.(\d+)\.layers\.(\d+)\.layer_scale_parameter", r"stages.\1.blocks.\2.weight"),
-    (r"model\.layernorm\.(weight|bias)", r"head.norm.\1"),
-    (r"head_fc\.(weight|bias)", r"head.fc.\1"),
-)
-_FWD = tuple((re.compile(p), r) for p, r in TIMM_TO_HF)
-_BWD = tuple((re.compile(p), r) for p, r in HF_TO_TIMM)
+TIMM_ALIASES = ((re.compile(r"(stages\.\d+\.blocks\.\d+)\.gamma"), r"\1.weight"),)
+_SLOTS = {"s": r"\d+", "b": r"\d+", "d": "[01]", "p": "weight|bias"}
+
+
+def _pattern(template: str) -> re.Pattern:
+    """``stages.{s}.downsample.{d}.{p}`` -> a regex whose named groups are the slots."""
+    parts = re.split(r"\{(\w)\}", template)  # literal, slot, literal, slot, ...
+    return re.compile("".join(re.escape(x) if i % 2 == 0 else f"(?P<{x}>{_SLOTS[x]})" for i, x in enumerate(parts)))
+
+
+_FWD = tuple((_pattern(timm), ours) for timm, ours in CONVNEXT_NAMES)
+_BWD = tuple((_pattern(ours), timm) for timm, ours in CONVNEXT_NAMES)
+
+
+def _translate(name: str, table: tuple[tuple[re.Pattern, str], ...]) -> str | None:
+    for pat, template in table:
+        if (m := pat.fullmatch(name)) is not None:
+            return template.format(**m.groupdict())
+    return None
 
 
 def timm_to_ours(name: str) -> str | None:
     """Our name (inside the branch) of a timm ConvNeXt tensor name; None if it is not one."""
-    for pat, rep in _FWD:
+    for pat, rep in TIMM_ALIASES:
         if pat.fullmatch(name):
-            return pat.sub(rep, name)
-    return None
+            name = pat.sub(rep, name)
+    return _translate(name, _FWD)
 
 
 def ours_to_timm(name: str) -> str:
-    for pat, rep in _BWD:
-        if pat.fullmatch(name):
-            return pat.sub(rep, name)
-    raise KeyError(f"no ConvNeXt checkpoint name for parameter {name!r}")
+    if (timm := _translate(name, _BWD)) is None:
+        raise KeyError(f"no ConvNeXt checkpoint name for parameter {name!r}")
+    return timm
 
 
 def convnext_config(cn: dict[str, Any]) -> ConvNextConfig:
