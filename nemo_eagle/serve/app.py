@@ -7,6 +7,7 @@ apps as they like. Every error, including schema violations and unknown routes, 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nemo_eagle._version import __version__
-from nemo_eagle.serve.backends import Backend, BackendError
+from nemo_eagle.serve.backends import Backend, BackendError, BackendUnavailable
 from nemo_eagle.serve.engine import Engine, EngineError
 from nemo_eagle.serve.media import ImageFetcher
 from nemo_eagle.serve.metrics import render_engine_stats
@@ -47,6 +48,11 @@ class FrontMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         st: ServeState = self.state_getter()
+        if st.draining and scope.get("path") not in OPEN_ROUTES:  # the listener stays up while draining: answer
+            st.metrics.rejected.labels("draining").inc()
+            resp = error_response(503, "the server is shutting down; retry on another instance", code="draining",
+                                  headers={"Retry-After": "5", "Connection": "close"})
+            return await resp(scope, receive, send)
         limit = st.settings.max_request_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -113,6 +119,23 @@ async def require_api_key(request: Request) -> None:  # async: a sync dependency
         raise EngineError("invalid API key", status=401, code="invalid_api_key")
 
 
+_INTERNAL = re.compile(r"(?:ipv[46]:)?\b\d{1,3}(?:\.\d{1,3}){3}:\d+\b|(?<![\w.])/(?:[\w.@+-]+/)+[\w.@+-]*")
+
+
+def public_model_source(settings: ServeSettings) -> str:
+    """Where the model came from, as a client may see it: a hub id as given, a local checkpoint by its name only."""
+    source = (settings.model_path or "").removeprefix("hf://")
+    return Path(source).name if source and Path(source).exists() else source or settings.model_name
+
+
+def redact(text: str, settings: ServeSettings) -> str:
+    """``text`` without server paths (the checkpoint's becomes the model id) and without internal addresses."""
+    if settings.model_path:
+        text = text.replace(str(Path(settings.model_path).resolve()), settings.model_name)
+        text = text.replace(settings.model_path, settings.model_name)
+    return _INTERNAL.sub("<internal>", text)
+
+
 def create_app(settings: ServeSettings, backend: Backend, *, engine: Engine | None = None,
                embedder: Any = None, triton_metrics_url: str | None = None) -> FastAPI:
     """The REST app over ``backend``. ``engine`` (tokenizer + tiling, no weights needed) is loaded from
@@ -134,7 +157,9 @@ def create_app(settings: ServeSettings, backend: Backend, *, engine: Engine | No
             await backend.close()
             await state.fetcher.aclose()
 
-    app = FastAPI(title="nemo_eagle", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    # /openapi.json is served below, behind the API key like every /v1 route (FastAPI's own would be open)
+    app = FastAPI(title="nemo_eagle", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     app.state.serve = state
     app.add_middleware(FrontMiddleware, state_getter=lambda: app.state.serve)
 
@@ -163,8 +188,11 @@ def create_app(settings: ServeSettings, backend: Backend, *, engine: Engine | No
 
     @app.exception_handler(BackendError)
     async def _backend(request: Request, exc: BackendError):
-        log.error("backend failure on %s: %s", request.url.path, exc)
-        return error_response(503, f"the model backend failed: {exc}", code="backend_error")
+        log.log(logging.WARNING if isinstance(exc, BackendUnavailable) else logging.ERROR, "backend failure on %s: %s",
+                request.url.path, exc)
+        message = str(exc) if isinstance(exc, BackendUnavailable) else f"the model backend failed: {exc}"
+        return error_response(503, redact(message, state.settings), code="backend_unavailable" if isinstance(
+            exc, BackendUnavailable) else "backend_error", headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
@@ -173,6 +201,11 @@ def create_app(settings: ServeSettings, backend: Backend, *, engine: Engine | No
 
     app.include_router(_open_routes())
     app.include_router(_model_routes(), dependencies=[Depends(require_api_key)])
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
+
     from nemo_eagle.serve.chat import router as chat_router
     from nemo_eagle.serve.retrieval import router as retrieval_router
 
@@ -198,6 +231,10 @@ def _open_routes() -> APIRouter:
         if st.draining:
             return error_response(503, "Service is shutting down.", code="draining")
         if not await st.backend.is_ready():
+            sup = getattr(st.backend, "supervisor", None)
+            if sup is not None and not sup.healthy() and st.backend.client is not None:
+                return error_response(503, "Service is not ready: the model backend is restarting.",
+                                      code="backend_unavailable", headers={"Retry-After": str(sup.retry_after)})
             return error_response(503, "Service is not ready: the model is not loaded yet.", code="not_ready")
         return HealthResponse(message="Service is ready.")
 
@@ -232,7 +269,7 @@ def _model_routes() -> APIRouter:
     @r.get("/v1/models")
     async def models(request: Request) -> ModelList:
         st = _state(request)
-        return ModelList(data=[ModelCard(id=st.model_name, created=st.created, root=st.settings.model_path or "",
+        return ModelList(data=[ModelCard(id=st.model_name, created=st.created, root=public_model_source(st.settings),
                                          max_model_len=st.engine.max_model_len)])
 
     @r.get("/v1/metadata")
@@ -241,7 +278,7 @@ def _model_routes() -> APIRouter:
         t = st.engine.processor.tiling
         return {
             "object": "metadata", "version": __version__, "api_version": API_VERSION,
-            "modelInfo": [{"shortName": st.model_name, "modelUrl": st.settings.model_path}],
+            "modelInfo": [{"shortName": st.model_name, "modelUrl": public_model_source(st.settings)}],
             "max_model_len": st.engine.max_model_len,
             "tiling": {"tile_size": t.tile_size, "min_tiles": t.min_tiles, "max_tiles": t.max_tiles,
                        "max_tiles_per_request": st.settings.max_tiles or t.max_tiles, "use_thumbnail": t.use_thumbnail,

@@ -31,7 +31,17 @@ INPUT_REQUEST, INPUT_IMAGES, OUTPUT_EVENT = "REQUEST", "IMAGES", "EVENT"
 
 
 class BackendError(RuntimeError):
-    """The backend failed for a reason that is not the client's (answered with 5xx)."""
+    """The backend failed for a reason that is not the client's (answered with 503 and ``Retry-After``)."""
+
+    retry_after = 1
+
+
+class BackendUnavailable(BackendError):
+    """The backend is down (being restarted, or the server is shutting down): 503, retry later."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def _task_result(payload: dict[str, Any]) -> dict[str, Any]:
@@ -61,36 +71,91 @@ class Backend(Protocol):
 
 # ------------------------------------------------------------------------------------------------ Triton
 class TritonBackend:
-    """Speaks to the decoupled ``eagle`` model of a running tritonserver with ``tritonclient.grpc.aio``."""
+    """Speaks to the decoupled ``eagle`` model of a running tritonserver with ``tritonclient.grpc.aio``.
+
+    With ``server`` (our ``TritonServer``) every call carries the server's secret header, and a ``supervisor``
+    (``supervisor.Supervisor``) is started with the client: while it reports the backend down, calls fail at once
+    with ``BackendUnavailable``, and it reconnects the client after each restart."""
 
     name = "triton"
 
-    def __init__(self, grpc_url: str, *, model_name: str = TRITON_MODEL_NAME, server: Any = None):
-        self.grpc_url, self.model_name, self.server = grpc_url, model_name, server
+    def __init__(self, grpc_url: str, *, model_name: str = TRITON_MODEL_NAME, server: Any = None,
+                 supervisor: Any = None):
+        self.grpc_url, self.model_name, self.server, self.supervisor = grpc_url, model_name, server, supervisor
+        self.headers = getattr(server, "grpc_headers", None)
         self.client = None
         self.server_version: str | None = None
         self.ready_at = 0.0
+        self.calls: set[Any] = set()  # the gRPC calls in flight, for abort()
+        self.aborted: str | None = None
+
+    def abort(self, reason: str) -> None:
+        """End every call in flight with ``BackendUnavailable(reason)`` (the drain timeout passed)."""
+        self.aborted = reason
+        for call in list(self.calls):
+            call.cancel()
+
+    def _cancelled(self) -> BackendError | None:
+        """A call cancelled by ``abort`` (not the caller's own cancellation) as the error its caller gets."""
+        task = asyncio.current_task()
+        if self.aborted is not None and (task is None or not task.cancelling()):
+            return BackendUnavailable(self.aborted, 5)
+        return None
 
     async def start(self) -> None:
+        await self._connect()
+        if self.supervisor is not None:
+            self.supervisor.start(self.reconnect)
+
+    async def _connect(self) -> None:
         import tritonclient.grpc.aio as grpcclient
 
         self.client = grpcclient.InferenceServerClient(self.grpc_url)
         try:
-            meta = await self.client.get_server_metadata(as_json=True)
+            meta = await self.client.get_server_metadata(headers=self.headers, as_json=True)
             self.server_version = meta.get("version")
         except Exception as e:  # noqa: BLE001 - readiness reports it; metadata is informational
-            log.warning("could not read Triton server metadata from %s: %s", self.grpc_url, e)
+            log.warning("could not read Triton server metadata: %s", e)
+
+    async def reconnect(self) -> None:
+        """A new gRPC channel to the restarted tritonserver; the old one is closed (its calls failed already)."""
+        old, self.ready_at = self.client, 0.0
+        await self._connect()
+        if old is not None:
+            await old.close()
+
+    def _check(self) -> None:
+        if self.client is None:
+            raise BackendError("Triton backend not started")
+        sup = self.supervisor
+        if sup is not None and not sup.healthy():
+            what = "has failed and the server is exiting" if sup.failed else "is restarting"
+            raise BackendUnavailable(f"the model backend {what}; retry in a few seconds", sup.retry_after)
+
+    def _failure(self, e: BaseException) -> BackendError:
+        """A gRPC failure as the client sees it: 503, without Triton's internal addresses."""
+        log.warning("Triton call failed: %s", e)
+        sup = self.supervisor
+        if sup is not None and not sup.healthy() or self.server is not None and not self.server.is_alive():
+            return BackendUnavailable("the model backend went down during the request; retry in a few seconds",
+                                      getattr(sup, "retry_after", 1))
+        code = getattr(e, "code", None)
+        status = code().name if callable(code) else type(e).__name__
+        return BackendError(f"the model backend failed ({status})")
 
     async def is_ready(self) -> bool:
         """Triton's model readiness; a positive answer is reused for READY_TTL_S (a health probe then costs no gRPC
-        round trip), a negative one never is. A dead server process is seen at once."""
+        round trip), a negative one never is. A dead tritonserver or model stub is seen at once."""
         if self.client is None or (self.server is not None and not self.server.is_alive()):
+            return False
+        if self.supervisor is not None and not self.supervisor.healthy():
+            self.ready_at = 0.0
             return False
         now = time.monotonic()
         if now - self.ready_at < READY_TTL_S:
             return True
         try:
-            ready = bool(await self.client.is_model_ready(self.model_name))
+            ready = bool(await self.client.is_model_ready(self.model_name, headers=self.headers))
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             ready = False
         self.ready_at = now if ready else 0.0
@@ -109,26 +174,36 @@ class TritonBackend:
         return inputs
 
     async def stream(self, job: GenerationJob) -> AsyncIterator[GenerationEvent]:
-        if self.client is None:
-            raise BackendError("Triton backend not started")
+        self._check()
         inputs = self._inputs(job)
 
         async def requests():
             yield {"model_name": self.model_name, "inputs": inputs, "request_id": job.request_id}
 
-        responses = self.client.stream_infer(requests())
+        responses = self.client.stream_infer(requests(), headers=self.headers)
+        self.calls.add(responses)
         finished = False
         try:
-            async for result, error in responses:
-                if error is not None:
-                    raise BackendError(f"Triton: {error}")
-                event = GenerationEvent.from_json(result.as_numpy(OUTPUT_EVENT).reshape(-1)[0])
-                finished = event.finish_reason is not None
-                yield event
-                if finished:
-                    return
-            raise BackendError("Triton closed the stream before the answer was complete")
+            try:
+                async for result, error in responses:
+                    if error is not None:
+                        raise BackendError(f"Triton: {error}")
+                    event = GenerationEvent.from_json(result.as_numpy(OUTPUT_EVENT).reshape(-1)[0])
+                    finished = event.finish_reason is not None
+                    yield event
+                    if finished:
+                        return
+            except asyncio.CancelledError:
+                if (err := self._cancelled()) is not None:
+                    raise err from None
+                raise
+            except (BackendError, GeneratorExit):
+                raise
+            except Exception as e:  # noqa: BLE001 - gRPC errors (the server went away): 503, not 500
+                raise self._failure(e) from e
+            raise self._failure(BackendError("Triton closed the stream before the answer was complete"))
         finally:
+            self.calls.discard(responses)
             if not finished:  # client went away (or we failed): Triton marks the request cancelled
                 responses.cancel()
 
@@ -136,15 +211,15 @@ class TritonBackend:
         """A one-response task (embeddings, ranking) through the same model and batcher."""
         from tritonclient.grpc import InferInput
 
-        if self.client is None:
-            raise BackendError("Triton backend not started")
+        self._check()
         req = InferInput(INPUT_REQUEST, [1, 1], "BYTES")
         req.set_data_from_numpy(np.array([[json.dumps(task).encode()]], dtype=np.object_))
 
         async def requests():
             yield {"model_name": self.model_name, "inputs": [req]}
 
-        responses = self.client.stream_infer(requests())
+        responses = self.client.stream_infer(requests(), headers=self.headers)
+        self.calls.add(responses)
         answered = False
         try:
             async for result, error in responses:
@@ -152,19 +227,29 @@ class TritonBackend:
                     raise BackendError(f"Triton: {error}")
                 answered = True
                 return _task_result(json.loads(result.as_numpy(OUTPUT_EVENT).reshape(-1)[0]))
+        except asyncio.CancelledError:
+            if (err := self._cancelled()) is not None:
+                raise err from None
+            raise
+        except (BackendError, EngineError):
+            raise
+        except Exception as e:  # noqa: BLE001 - gRPC errors (the server went away): 503, not 500
+            raise self._failure(e) from e
         finally:
+            self.calls.discard(responses)
             if not answered:  # cancelling a finished request can leave Triton waiting for it at shutdown
                 responses.cancel()
-        raise BackendError("Triton closed the stream without an answer")
+        raise self._failure(BackendError("Triton closed the stream without an answer"))
 
     async def close(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
         if self.client is not None:
             await self.client.close()
             self.client = None
 
-    def info(self) -> dict[str, Any]:
-        return {"backend": self.name, "triton_version": self.server_version, "triton_model": self.model_name,
-                "grpc_url": self.grpc_url}
+    def info(self) -> dict[str, Any]:  # client-visible (/v1/metadata): no internal addresses
+        return {"backend": self.name, "triton_version": self.server_version, "triton_model": self.model_name}
 
 
 # ------------------------------------------------------------------------------------------------- local

@@ -340,14 +340,31 @@ async def _sse(st: ServeState, req: ChatCompletionRequest, cid: str, streams: li
                 yield out
         live = [s for s, ev in zip(streams, firsts) if ev.finish_reason is None]
         index = [i for i, ev in enumerate(firsts) if ev.finish_reason is None]
-        async for k, ev in _merged(live):
-            if ev.finish_reason == "error":
-                err = {"error": {"message": (ev.error or {}).get("message", "generation failed"),
-                                 "type": "server_error", "code": (ev.error or {}).get("code")}}
-                yield b"data: " + json.dumps(err).encode() + b"\n\n"
-                break
-            if (out := piece(index[k], ev)) is not None:
-                yield out
+        # A stream that cannot finish (the model failed, the backend went down, the drain timeout passed) ends with
+        # an error event and [DONE], never by a cut connection.
+        from nemo_eagle.serve.backends import BackendError, BackendUnavailable
+
+        err = None
+        try:
+            async with aclosing(_merged(live)) as merged:
+                async for k, ev in merged:
+                    if ev.finish_reason == "error":
+                        err = {"message": (ev.error or {}).get("message", "generation failed"), "type": "server_error",
+                               "code": (ev.error or {}).get("code")}
+                        break
+                    if (out := piece(index[k], ev)) is not None:
+                        yield out
+                    if st.drain_expired:
+                        err = {"message": "the server is shutting down: the drain timeout ended this stream",
+                               "type": "service_unavailable", "code": "draining"}
+                        break
+        except BackendError as e:
+            log.error("stream %s ended by a backend failure: %s", cid, e)
+            err = {"message": str(e), "type": "service_unavailable" if isinstance(e, BackendUnavailable) else
+                   "server_error", "code": "backend_unavailable" if isinstance(e, BackendUnavailable) else
+                   "backend_error"}
+        if err is not None:
+            yield b"data: " + json.dumps({"error": err}).encode() + b"\n\n"
         if req.stream_options is not None and req.stream_options.include_usage:
             yield _chunk(cid, created, model, [], usage=completion.usage)
         yield b"data: [DONE]\n\n"

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nemo_eagle.data.images import DEFAULT_MAX_PIXELS
@@ -90,15 +90,18 @@ class ServeSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the REST API binds to (container: 0.0.0.0)")
     server_port: int = Field(8000, ge=0, le=65535, description="REST port (0 = pick a free one)",
                              json_schema_extra=_flags("--port"))
-    api_key: SecretStr | None = Field(None, description="require 'Authorization: Bearer KEY' on /v1 routes "
-                                      "(health and metrics stay open)")
+    api_key: SecretStr | None = Field(None, description="require 'Authorization: Bearer KEY' on /v1 routes and "
+                                      "/openapi.json (health and metrics stay open); prefer NIM_API_KEY or "
+                                      "--api-key-file, which ps does not show")
+    api_key_file: Path | None = Field(None, description="file holding the API key (surrounding whitespace ignored)")
     backend: Literal["triton", "local"] = Field("triton", description="triton: a tritonserver process hosts the "
                                                 "model; local: the model runs inside the REST process")
     log_level: Literal[LOG_LEVELS] = Field("INFO", description="TRACE | DEBUG | INFO | WARNING | ERROR")  # type: ignore[valid-type]
     jsonl_logging: bool = Field(False, description="log one JSON object per line")
     disable_log_requests: bool = Field(False, description="do not log one line per request")
     enable_otel: bool = Field(False, description="export OpenTelemetry traces to OTEL_EXPORTER_OTLP_ENDPOINT")
-    drain_timeout: float = Field(30.0, ge=0, description="seconds SIGTERM waits for in-flight requests")
+    drain_timeout: float = Field(30.0, ge=0, description="seconds SIGTERM waits for in-flight requests (new "
+                                 "ones get 503 meanwhile); streams still running then end with an error event")
 
     # --- limits (each violation is a 4xx, never a crash) ---------------------------------------------
     max_request_bytes: int = Field(32 * 2**20, ge=1024, description="largest request body (413 above)")
@@ -137,6 +140,25 @@ class ServeSettings(BaseSettings):
     triton_log_verbose: int = Field(0, ge=0, description="tritonserver --log-verbose level")
     triton_workspace: Path | None = Field(None, description="where the Triton model repository is written "
                                           "(default: a temporary directory)")
+    backend_max_restarts: int = Field(3, ge=0, description="restarts of a dead tritonserver or model stub allowed "
+                                      "within 10 minutes; beyond, the server exits with code 3 (0: exit at once)")
+    backend_restart_backoff: float = Field(1.0, ge=0, description="seconds before retrying a failed backend "
+                                           "restart, doubled at each further try")
+
+    @model_validator(mode="after")
+    def _key_from_file(self) -> ServeSettings:
+        if self.api_key_file is None:
+            return self
+        if self.api_key is not None:
+            raise ValueError("give the API key once: --api-key (NIM_API_KEY) or --api-key-file, not both")
+        try:
+            key = self.api_key_file.read_text().strip()
+        except OSError as e:
+            raise ValueError(f"cannot read --api-key-file {self.api_key_file}: {e.strerror or e}") from None
+        if not key:
+            raise ValueError(f"--api-key-file {self.api_key_file} is empty")
+        self.api_key = SecretStr(key)
+        return self
 
     @field_validator("allowed_image_hosts", mode="before")
     @classmethod

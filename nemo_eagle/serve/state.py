@@ -31,7 +31,8 @@ class ServeState:
     embedder: Any = None
     triton_metrics_url: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
-    draining: bool = False
+    draining: bool = False  # a signal arrived: ready and new requests answer 503
+    drain_expired: bool = False  # the drain timeout passed: requests still running are ended (streams: error event)
     in_flight: int = 0  # HTTP requests being served
     active_jobs: int = 0  # generation jobs submitted to the backend and not finished
     # chat-template rendering and tokenising run here, off the event loop; few threads bound the memory they use

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import glob
 import json
 import logging
 import os
@@ -33,12 +34,69 @@ MODEL_PY = '''"""Triton entry point; the model is nemo_eagle.serve.triton_model 
 from nemo_eagle.serve.triton_model import TritonPythonModel  # noqa: F401
 '''
 PR_SET_PDEATHSIG = 1
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "nemo_eagle_"  # + the front's pid + a random part: several servers on one machine never collide
+STUB_NAME = "triton_python_backend_stub"
+# Every protocol group tritonserver can restrict: without the front's secret header a caller gets nothing at all.
+RESTRICTED_PROTOCOLS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository",
+                        "statistics", "trace", "logging")
+SECRET_HEADER = "nemo-eagle-front-key"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    """True for a running process (a zombie, dead but not yet reaped, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
+def child_pids(pid: int, name: str) -> list[int]:
+    """Pids of the live children of ``pid`` whose command name is ``name`` (from /proc)."""
+    out = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat, "rb") as f:
+                comm_end = (raw := f.read()).rindex(b")")
+            comm, rest = raw[raw.index(b"(") + 1:comm_end].decode(errors="replace"), raw[comm_end + 2:].split()
+        except (OSError, ValueError):
+            continue
+        if int(rest[1]) == pid and name.startswith(comm) and rest[0] not in (b"Z", b"X"):
+            out.append(int(stat.split("/")[2]))
+    return out
+
+
+def remove_shm(prefix: str) -> list[str]:
+    """Delete the shared-memory regions whose names start with ``prefix``; return their names."""
+    gone = []
+    for path in glob.glob(os.path.join(SHM_DIR, glob.escape(prefix) + "*")):
+        try:
+            os.unlink(path)
+            gone.append(os.path.basename(path))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("could not remove shared-memory region %s: %s", path, e)
+    return gone
+
+
+def remove_orphaned_shm() -> None:
+    """Regions left by earlier servers that were killed outright (their pid is in the name and no longer runs)."""
+    for path in glob.glob(os.path.join(SHM_DIR, SHM_PREFIX + "*")):
+        m = re.match(re.escape(SHM_PREFIX) + r"(\d+)_", os.path.basename(path))
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            try:
+                os.unlink(path)
+                log.info("removed shared-memory region %s left by a server that no longer runs", path)
+            except OSError:
+                pass
 
 
 def _pbtxt_str(value: str) -> str:
@@ -147,7 +205,12 @@ class TritonServer:
         self.ports = TritonPorts(settings.triton_grpc_port or free_port(), settings.triton_http_port or free_port(),
                                  settings.triton_metrics_port or free_port())
         self.process: subprocess.Popen | None = None
+        self.stubs: list[int] = []  # pids of the Python-backend stub processes (found once the model is ready)
         self.logs: collections.deque[str] = collections.deque(maxlen=400)
+        # Sent by the front on every gRPC/HTTP call; tritonserver refuses any caller without it (no bypass of the
+        # front's key and checks), and a foreign tritonserver on our port refuses us.
+        self.secret = secrets.token_urlsafe(24)
+        self.shm_prefix = ""
         self._own_workspace = settings.triton_workspace is None
         self.workspace = Path(settings.triton_workspace or tempfile.mkdtemp(prefix="nemo-eagle-triton-"))
 
@@ -181,6 +244,7 @@ class TritonServer:
     def command(self) -> list[str]:
         binary, _, _ = pytriton_dist()
         s = self.settings
+        restricted = f"{','.join(RESTRICTED_PROTOCOLS)}:{SECRET_HEADER}={self.secret}"
         return [
             str(binary), f"--model-repository={self.workspace / 'models'}",
             f"--backend-directory={self.workspace / 'backends'}",
@@ -189,20 +253,31 @@ class TritonServer:
             f"--metrics-address={s.triton_address}", f"--metrics-port={self.ports.metrics}",
             "--allow-metrics=true", "--allow-gpu-metrics=false", f"--log-verbose={s.triton_log_verbose}",
             f"--exit-timeout-secs={max(1, int(s.drain_timeout))}",
-            # a per-process shared-memory prefix, so several servers on one machine never collide
-            f"--backend-config=python,shm-region-prefix-name=nemo_eagle_{os.getpid()}_{secrets.token_hex(3)}_",
+            f"--grpc-restricted-protocol={restricted}", f"--http-restricted-api={restricted}",
+            # a per-start shared-memory prefix: several servers on one machine never collide, and the regions of
+            # a killed tritonserver are found by name and removed
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
 
     def start(self) -> None:
         """Start tritonserver. Call from the main thread (the child dies with the thread that forked it)."""
         self.write_repository()
+        self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(3)}_"
+        self.stubs = []
         cmd = self.command()
         log.info("starting tritonserver (grpc %s, metrics %s, dynamic batching up to %d, queue delay %d us)",
                  self.grpc_url, self.metrics_url, self.settings.triton_max_batch_size,
                  self.settings.triton_dynamic_batching_max_queue_delay_microseconds)
-        self.process = subprocess.Popen(cmd, env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL,
-                                        preexec_fn=_die_with_parent)  # noqa: PLW1509 - called from the main thread
+        env = {k: v for k, v in server_env().items() if k != "NIM_API_KEY"}  # tritonserver needs no API key
+        # Own session (terminal signals reach only us; kill() takes its process group) and SIGTERM if we die. With
+        # util-linux's setpriv no Python code runs between fork and exec, so the child is spawned with vfork: a
+        # plain fork of a process with a live gRPC client can abort in gRPC's fork handlers (a restart would).
+        setpriv = shutil.which("setpriv")
+        spawn = {"start_new_session": True} if setpriv else {"preexec_fn": _die_with_parent}
+        if setpriv:
+            cmd = [setpriv, "--pdeathsig", "TERM", "--", *cmd]
+        self.process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, **spawn)  # noqa: PLW1509 - main thread
         threading.Thread(target=self._pump_logs, name="tritonserver-log", daemon=True).start()
 
     def _pump_logs(self) -> None:
@@ -215,8 +290,28 @@ class TritonServer:
             self.logs.append(line)
             log.log(triton_log_level(line, cuda=self._cuda), "tritonserver: %s", line)
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """The secret as the HTTP endpoint expects it."""
+        return {SECRET_HEADER: self.secret}
+
+    @property
+    def grpc_headers(self) -> dict[str, str]:
+        """The secret as the gRPC endpoint expects it (tritonserver prefixes the restricted header's name)."""
+        return {f"triton-grpc-protocol-{SECRET_HEADER}": self.secret}
+
     def is_alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def dead_process(self) -> str | None:
+        """Which of tritonserver and its model stubs is gone (``None``: all running). Reads /proc: cheap."""
+        if not self.is_alive():
+            code = None if self.process is None else self.process.returncode
+            return f"tritonserver (exit code {code})"
+        for pid in self.stubs:
+            if not _pid_alive(pid):
+                return f"the model's Python stub (pid {pid})"
+        return None
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until the model is ready; raise with Triton's last log lines if it exits or times out."""
@@ -231,8 +326,10 @@ class TritonServer:
                     raise RuntimeError(f"tritonserver exited with code {self.process.returncode} while loading the "
                                        f"model; last log lines:\n{self.tail()}")
                 try:
-                    if client.is_model_ready(TRITON_MODEL_NAME):
-                        log.info("Triton model %r ready", TRITON_MODEL_NAME)
+                    if client.is_model_ready(TRITON_MODEL_NAME, headers=self.headers):
+                        self.stubs = child_pids(self.process.pid, STUB_NAME)
+                        log.info("Triton model %r ready (tritonserver pid %d, model stub pid(s) %s)",
+                                 TRITON_MODEL_NAME, self.process.pid, self.stubs or "not found")
                         return
                 except Exception as e:  # noqa: BLE001 - not listening yet
                     log.debug("Triton not answering yet: %s", type(e).__name__)
@@ -247,6 +344,30 @@ class TritonServer:
     def tail(self, n: int = 40) -> str:
         return "\n".join(list(self.logs)[-n:])
 
+    def kill(self) -> None:
+        """SIGKILL tritonserver and everything in its process group (the model stubs), then remove its regions."""
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)  # its own group: _die_with_parent made it a leader
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver (pid %d) did not die on SIGKILL", self.process.pid)
+        self._reap_leftovers()
+
+    def _reap_leftovers(self) -> None:
+        """After tritonserver has exited: stubs it left behind are killed, its shared-memory regions removed."""
+        for pid in self.stubs:
+            if _pid_alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self.shm_prefix and (gone := remove_shm(self.shm_prefix)):
+            log.info("removed %d shared-memory region(s) of tritonserver: %s", len(gone), ", ".join(gone))
+
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM (Triton finishes in-flight requests, unloads the model), then SIGKILL after ``timeout``."""
         if self.process is None:
@@ -259,9 +380,9 @@ class TritonServer:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver did not stop within %.0fs; killing it", timeout)
-                self.process.kill()
-                self.process.wait()
+                self.kill()
         code = self.process.returncode
+        self._reap_leftovers()
         if self._own_workspace:
             shutil.rmtree(self.workspace, ignore_errors=True)
         log.info("tritonserver stopped (exit code %s)", code)
