@@ -191,7 +191,7 @@ def create_app(settings: ServeSettings, backend: Backend, *, engine: Engine | No
         log.log(logging.WARNING if isinstance(exc, BackendUnavailable) else logging.ERROR, "backend failure on %s: %s",
                 request.url.path, exc)
         message = str(exc) if isinstance(exc, BackendUnavailable) else f"the model backend failed: {exc}"
-        return error_response(503, redact(message, state.settings), code="backend_unavailable" if isinstance(
+        return error_response(503, redact(message, state.settings), code=exc.code if isinstance(
             exc, BackendUnavailable) else "backend_error", headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(Exception)

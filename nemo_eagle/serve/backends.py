@@ -39,9 +39,9 @@ class BackendError(RuntimeError):
 class BackendUnavailable(BackendError):
     """The backend is down (being restarted, or the server is shutting down): 503, retry later."""
 
-    def __init__(self, message: str, retry_after: int = 1):
+    def __init__(self, message: str, retry_after: int = 1, code: str = "backend_unavailable"):
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retry_after, self.code = retry_after, code
 
 
 def _task_result(payload: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +99,7 @@ class TritonBackend:
         """A call cancelled by ``abort`` (not the caller's own cancellation) as the error its caller gets."""
         task = asyncio.current_task()
         if self.aborted is not None and (task is None or not task.cancelling()):
-            return BackendUnavailable(self.aborted, 5)
+            return BackendUnavailable(self.aborted, 5, code="draining")
         return None
 
     async def start(self) -> None:

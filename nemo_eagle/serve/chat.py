@@ -361,8 +361,7 @@ async def _sse(st: ServeState, req: ChatCompletionRequest, cid: str, streams: li
         except BackendError as e:
             log.error("stream %s ended by a backend failure: %s", cid, e)
             err = {"message": str(e), "type": "service_unavailable" if isinstance(e, BackendUnavailable) else
-                   "server_error", "code": "backend_unavailable" if isinstance(e, BackendUnavailable) else
-                   "backend_error"}
+                   "server_error", "code": e.code if isinstance(e, BackendUnavailable) else "backend_error"}
         if err is not None:
             yield b"data: " + json.dumps({"error": err}).encode() + b"\n\n"
         if req.stream_options is not None and req.stream_options.include_usage:
