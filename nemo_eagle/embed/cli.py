@@ -283,6 +283,9 @@ def _search(argv: list[str] | None) -> int:
     try:
         if not store.exists():
             raise ValueError(f"{args.db} has no collection {store.collection!r}: run `nemo-eagle index` first")
+        if store.count() == 0:  # no page could ever match: say so rather than print an empty result list
+            raise ValueError(f"collection {store.collection!r} at {args.db} holds no pages: run `nemo-eagle index` "
+                             "(a run stopped before its first page was stored leaves it empty)")
         stored = store.layout()["metadata"].get("embedder", {})
         emb = _load_embedder(args, **{k: v for k, v in stored.items() if k in VECTOR_SETTINGS})
         settings = {**{k: getattr(emb.config, k) for k in VECTOR_SETTINGS}, "dimensions": stored.get("dimensions")}

@@ -14,7 +14,10 @@ URIs:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -49,6 +52,51 @@ def _as_list(vector: Tensor | Sequence) -> list:
     return vector.detach().float().cpu().tolist() if isinstance(vector, Tensor) else list(vector)
 
 
+class StoreCorrupt(RuntimeError):
+    """An embedded Qdrant folder that cannot be read back as it was written."""
+
+
+def check_local_store(path: Path) -> None:
+    """Check an embedded Qdrant folder's files before the client opens it: the client silently recreates an
+    empty table in a 0-byte or missing storage file, which loses every page without a word. A missing or empty
+    folder is a new store; anything else that is not a readable store raises ``StoreCorrupt`` naming the folder
+    and the fix."""
+    if not path.is_dir() or not [p for p in path.iterdir() if p.name != ".lock"]:
+        return
+    fix = f"remove {path} (or pass another --db) and re-run `nemo-eagle index` to rebuild it"
+    meta = path / "meta.json"
+    if not meta.is_file():
+        if (path / "collection").exists():
+            raise StoreCorrupt(f"the vector store at {path} is damaged: meta.json is missing; {fix}")
+        raise StoreCorrupt(f"{path} is not an embedded Qdrant store (it holds other files but no meta.json); "
+                           "pass a new or empty folder, or the folder `nemo-eagle index` wrote")
+    try:
+        collections = json.loads(meta.read_text())["collections"]
+        names = list(collections)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise StoreCorrupt(f"the vector store at {path} is damaged: meta.json is unreadable "
+                           f"({type(e).__name__}: {e}); {fix}") from e
+    for name in names:
+        problem = _storage_problem(path / "collection" / str(name) / "storage.sqlite")
+        if problem:
+            raise StoreCorrupt(f"the vector store at {path} is damaged: collection {name!r} {problem}; {fix}")
+
+
+def _storage_problem(storage: Path) -> str | None:
+    if not storage.is_file():
+        return f"has no storage file ({storage.name} is missing)"
+    if storage.stat().st_size == 0:
+        return f"has an empty storage file ({storage.name} is 0 bytes)"
+    try:  # read-only: never let the check itself repair (and so hide) a damaged file
+        with contextlib.closing(sqlite3.connect(storage.resolve().as_uri() + "?mode=ro", uri=True)) as db:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='points'").fetchone() is None:
+                return f"has a storage file without its points table ({storage.name})"
+            db.execute("SELECT count(*) FROM points").fetchone()
+    except sqlite3.Error as e:
+        return f"has a storage file that is not a readable SQLite database ({storage.name}: {e})"
+    return None
+
+
 class QdrantStore:
     """Pages in one Qdrant collection, single- or multi-vector; the same code for local mode and a server."""
 
@@ -66,11 +114,17 @@ class QdrantStore:
                               "(in Python, open_store('memory://') is an in-process brute-force store)") from e
         location = target.get("url") or target.get("path") or target.get("location")
         if "path" in target:
+            check_local_store(Path(target["path"]))
             Path(target["path"]).mkdir(parents=True, exist_ok=True)
         try:
             client = QdrantClient(**target)
         except RuntimeError as e:  # local mode: another process holds the folder
             raise RuntimeError(f"cannot open the vector store at {location}: {e}") from e
+        except Exception as e:  # local mode: points that no longer unpickle, a file damaged past the checks above
+            if "path" not in target:
+                raise
+            raise StoreCorrupt(f"the vector store at {location} is damaged ({type(e).__name__}: {e}); remove it "
+                               "(or pass another --db) and re-run `nemo-eagle index` to rebuild it") from e
         return cls(client, collection, location=str(location))
 
     # ----------------------------------------------------------------------------------------- schema
