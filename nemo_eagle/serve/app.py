@@ -16,15 +16,27 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nemo_eagle._version import __version__
 from nemo_eagle.serve.backends import Backend, BackendError, BackendUnavailable
 from nemo_eagle.serve.engine import Engine, EngineError
 from nemo_eagle.serve.media import ImageFetcher
-from nemo_eagle.serve.metrics import render_engine_stats
-from nemo_eagle.serve.schema import ErrorResponse, HealthResponse, ModelCard, ModelList
+from nemo_eagle.serve.metrics import PrometheusResponse, render_engine_stats
+from nemo_eagle.serve.openapi import build_openapi, error_responses, param_of
+from nemo_eagle.serve.schema import (
+    BackendInfo,
+    HealthResponse,
+    LicenseResponse,
+    LimitsInfo,
+    MetadataResponse,
+    ModelCard,
+    ModelInfo,
+    ModelList,
+    TilingInfo,
+    VersionResponse,
+)
 from nemo_eagle.serve.settings import ServeSettings
 from nemo_eagle.serve.state import ERROR_TYPES, ServeState, error_response  # noqa: F401 - re-exported
 
@@ -91,19 +103,21 @@ class FrontMiddleware:
             st.metrics.latency.labels(route).observe(time.perf_counter() - start)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[int, str, str | None]:
+def _validation_message(exc: RequestValidationError) -> tuple[str, str, str | None]:
+    """(code, message, param) of a request that fails the schema: a 400 naming the field, as OpenAI and vLLM answer."""
     errors = exc.errors()
     for e in errors:
         if e.get("type") == "json_invalid":
             detail = (e.get("ctx") or {}).get("error", "")
-            return 400, f"malformed JSON body{': ' + str(detail) if detail else ''}", None
-    parts, param = [], None
-    for e in errors[:5]:
-        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
-        param = param or (".".join(loc) or None)
-        parts.append(f"{'.'.join(loc) or 'body'}: {e.get('msg')}")
-    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
-    return 422, "invalid request: " + "; ".join(parts) + more, param
+            return "invalid_json", f"malformed JSON body{': ' + str(detail) if detail else ''}", None
+    found = [(param_of(e.get("loc", ()), exc.body), e.get("msg")) for e in errors]
+    # A union (``str | list[part]``) reports each branch: where one branch went inside the value, the errors of
+    # the others (on the value as a whole) are noise, so an error on an ancestor of another error's field goes.
+    inner = {p for p, _ in found if p}
+    found = [(p, m) for p, m in found if not any(q.startswith(f"{p}.") for q in inner if p)]
+    parts = [f"{p or 'body'}: {m}" for p, m in found[:5]]
+    more = f" (+{len(found) - 5} more)" if len(found) > 5 else ""
+    return "invalid_schema", "invalid request: " + "; ".join(parts) + more, found[0][0] if found else None
 
 
 async def require_api_key(request: Request) -> None:  # async: a sync dependency costs a thread hop
@@ -170,16 +184,21 @@ def create_app(settings: ServeSettings, backend: Backend, *, engine: Engine | No
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        status, message, param = _validation_message(exc)
-        state.metrics.rejected.labels("invalid_json" if status == 400 else "schema").inc()
-        return error_response(status, message, code="invalid_json" if status == 400 else "invalid_schema", param=param)
+        code, message, param = _validation_message(exc)
+        state.metrics.rejected.labels(code).inc()
+        return error_response(400, message, code=code, param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         if isinstance(exc.__cause__, BodyTooLarge):  # FastAPI wraps body-read errors (a chunked body) in a 400
             return await _too_large(request, exc.__cause__)
-        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-        return error_response(exc.status_code, message, code="not_found" if exc.status_code == 404 else None)
+        if exc.status_code == 405:  # Starlette names the route's methods in Allow (RFC 9110 requires it)
+            allow = (exc.headers or {}).get("Allow", "")
+            return error_response(405, f"method {request.method} is not allowed on {request.url.path}; allowed: "
+                                  f"{allow}", code="method_not_allowed", headers={"Allow": allow})
+        message = f"no route {request.method} {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+        return error_response(exc.status_code, message, code="not_found" if exc.status_code == 404 else None,
+                              headers=exc.headers)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge):
@@ -211,6 +230,13 @@ def create_app(settings: ServeSettings, backend: Backend, *, engine: Engine | No
 
     app.include_router(chat_router, dependencies=[Depends(require_api_key)])
     app.include_router(retrieval_router, dependencies=[Depends(require_api_key)])
+
+    def document() -> dict[str, Any]:  # built once, on first use, with this app's limits
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app, state)
+        return app.openapi_schema
+
+    app.openapi = document
     return app
 
 
@@ -225,7 +251,7 @@ def _open_routes() -> APIRouter:
     async def live() -> HealthResponse:
         return HealthResponse(message="Service is live.")
 
-    @r.get("/v1/health/ready", responses={503: {"model": ErrorResponse}})
+    @r.get("/v1/health/ready", response_model=HealthResponse, responses=error_responses(503))
     async def ready(request: Request):
         st = _state(request)
         if st.draining:
@@ -238,7 +264,8 @@ def _open_routes() -> APIRouter:
             return error_response(503, "Service is not ready: the model is not loaded yet.", code="not_ready")
         return HealthResponse(message="Service is ready.")
 
-    @r.get("/v1/metrics")
+    @r.get("/v1/metrics", response_class=PrometheusResponse,
+           responses={200: {"description": "Prometheus text exposition format"}})
     async def metrics(request: Request) -> Response:
         st = _state(request)
         body = st.metrics.render()
@@ -247,7 +274,7 @@ def _open_routes() -> APIRouter:
             body += render_engine_stats(stats())
         if st.triton_metrics_url:
             body += await _fetch_triton_metrics(st.triton_metrics_url)
-        return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return PrometheusResponse(body)
 
     return r
 
@@ -264,7 +291,7 @@ async def _fetch_triton_metrics(url: str) -> bytes:
 
 
 def _model_routes() -> APIRouter:
-    r = APIRouter()
+    r = APIRouter(responses=error_responses(401))
 
     @r.get("/v1/models")
     async def models(request: Request) -> ModelList:
@@ -273,36 +300,36 @@ def _model_routes() -> APIRouter:
                                          max_model_len=st.engine.max_model_len)])
 
     @r.get("/v1/metadata")
-    async def metadata(request: Request) -> dict[str, Any]:
+    async def metadata(request: Request) -> MetadataResponse:
         st = _state(request)
         t = st.engine.processor.tiling
-        return {
-            "object": "metadata", "version": __version__, "api_version": API_VERSION,
-            "modelInfo": [{"shortName": st.model_name, "modelUrl": public_model_source(st.settings)}],
-            "max_model_len": st.engine.max_model_len,
-            "tiling": {"tile_size": t.tile_size, "min_tiles": t.min_tiles, "max_tiles": t.max_tiles,
-                       "max_tiles_per_request": st.settings.max_tiles or t.max_tiles, "use_thumbnail": t.use_thumbnail,
-                       "tokens_per_tile": st.engine.processor.tokens_per_tile},
-            "limits": {k: getattr(st.settings, k) for k in ("max_request_bytes", "max_image_bytes", "max_image_pixels",
-                                                            "max_images_per_request", "max_concurrent_requests")},
-            "backend": st.backend.info(),
-            "embeddings": "/v1/embeddings" in request.app.openapi()["paths"],  # the route this app serves
-        }
+        served = request.app.openapi()["paths"]  # the routes this app answers
+        return MetadataResponse(
+            version=__version__, api_version=API_VERSION,
+            modelInfo=[ModelInfo(shortName=st.model_name, modelUrl=public_model_source(st.settings))],
+            max_model_len=st.engine.max_model_len,
+            tiling=TilingInfo(tile_size=t.tile_size, min_tiles=t.min_tiles, max_tiles=t.max_tiles,
+                              max_tiles_per_request=st.settings.max_tiles or t.max_tiles,
+                              use_thumbnail=t.use_thumbnail, tokens_per_tile=st.engine.processor.tokens_per_tile),
+            limits=LimitsInfo(**{k: getattr(st.settings, k) for k in LimitsInfo.model_fields}),
+            backend=BackendInfo.model_validate(st.backend.info()),  # its addresses stay out
+            **{name: f"/v1/{route}" in served for name, route in (
+                ("chat_completions", "chat/completions"), ("completions", "completions"),
+                ("embeddings", "embeddings"), ("ranking", "ranking"))})
 
     @r.get("/v1/version")
-    async def version(request: Request) -> dict[str, Any]:
+    async def version(request: Request) -> VersionResponse:
         info = _state(request).backend.info()
-        return {"release": __version__, "api": API_VERSION, "triton": info.get("triton_version")}
+        return VersionResponse(release=__version__, api=API_VERSION, triton=info.get("triton_version"))
 
     @r.get("/v1/license")
-    async def license_(request: Request) -> dict[str, Any]:
+    async def license_(request: Request) -> LicenseResponse:
         st = _state(request)
         path = st.settings.license_path or _checkpoint_license(st)
         text = path.read_text(errors="replace") if path is not None and path.is_file() else (
             "nemo_eagle is licensed under Apache-2.0. The model weights are covered by the license on their model "
             "card; this checkpoint ships no LICENSE file.")
-        return {"object": "license", "name": path.name if path is not None and path.is_file() else "Apache-2.0",
-                "text": text}
+        return LicenseResponse(name=path.name if path is not None and path.is_file() else "Apache-2.0", text=text)
 
     return r
 

@@ -24,6 +24,7 @@ from fastapi.responses import StreamingResponse
 from nemo_eagle.serve.engine import EngineError, GenerationEvent, GenerationJob, RequestPlan
 from nemo_eagle.serve.limits import check_completion_tokens, check_messages, completion_cap, text_limit
 from nemo_eagle.serve.media import FetchedImage
+from nemo_eagle.serve.openapi import CHAT_STREAM, error_responses
 from nemo_eagle.serve.schema import (
     AssistantMessage,
     ChatCompletion,
@@ -33,7 +34,6 @@ from nemo_eagle.serve.schema import (
     Choice,
     ChunkChoice,
     Delta,
-    ErrorResponse,
     ImagePart,
     Usage,
 )
@@ -76,11 +76,8 @@ async def collect_images(st: ServeState, messages: list[ChatMessage]) -> tuple[l
             continue
         parts = []
         for j, p in enumerate(m.content):
-            if isinstance(p, ImagePart):
-                if m.role != "user":
-                    raise EngineError(f"messages[{i}]: images are only accepted in user messages",
-                                      param=f"messages.{i}.content.{j}")
-                urls.append((p.image_url.url, f"messages[{i}].content[{j}]"))
+            if isinstance(p, ImagePart):  # only user messages have them (the schema says so)
+                urls.append((p.image_url.url, f"messages.{i}.content.{j}.image_url.url"))
                 parts.append({"type": "image"})
             else:
                 parts.append({"type": "text", "text": p.text})
@@ -139,7 +136,9 @@ def make_jobs(req: ChatCompletionRequest, plan: RequestPlan, images: list[Fetche
 
 
 # ------------------------------------------------------------------------------------------------ route
-@router.post("/v1/chat/completions", responses={k: {"model": ErrorResponse} for k in (400, 401, 404, 413, 422, 429)})
+@router.post("/v1/chat/completions", response_model=ChatCompletion,
+             responses={200: {"content": {"text/event-stream": CHAT_STREAM}},
+                        **error_responses(400, 401, 404, 413, 429, 503)})
 async def chat_completions(req: ChatCompletionRequest, request: Request):
     st: ServeState = request.app.state.serve
     started = time.perf_counter()

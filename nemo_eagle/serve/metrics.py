@@ -6,10 +6,18 @@
 
 from __future__ import annotations
 
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class PrometheusResponse(PlainTextResponse):
+    """Prometheus' text exposition format 0.0.4 (Starlette appends ``charset=utf-8``); the OpenAPI document
+    takes its media type from here."""
+
+    media_type = "text/plain; version=0.0.4"
 
 
 class ServeMetrics:

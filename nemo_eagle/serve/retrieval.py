@@ -13,12 +13,12 @@ import numpy as np
 from fastapi import APIRouter, Request
 
 from nemo_eagle.serve.engine import EngineError
+from nemo_eagle.serve.openapi import error_responses
 from nemo_eagle.serve.schema import (
     Embedding,
     EmbeddingRequest,
     EmbeddingResponse,
     EmbeddingUsage,
-    ErrorResponse,
     Ranking,
     RankingRequest,
     RankingResponse,
@@ -27,7 +27,7 @@ from nemo_eagle.serve.state import ServeState
 
 log = logging.getLogger("nemo_eagle.serve")
 router = APIRouter()
-ERRORS = {k: {"model": ErrorResponse} for k in (400, 401, 404, 413, 422)}
+ERRORS = error_responses(400, 401, 404, 413, 503)
 
 
 def _check_model(st: ServeState, model: str) -> None:
@@ -53,7 +53,7 @@ async def _check_images(st: ServeState, inputs: list[str], input_type: str) -> N
             raise EngineError(f"more than {st.settings.max_images_per_request} images in one request",
                               code="too_many_images", param="input")
         for url in images:
-            await st.fetcher.fetch(url, name=f"input[{i}]")
+            await st.fetcher.fetch(url, name=f"input.{i}")
 
 
 def encode_vector(vector: list, fmt: str) -> list | str:

@@ -117,7 +117,7 @@ async def test_malformed_image_url_is_400(engine, url, allow):
     async with client:
         r = await client.post("/v1/chat/completions", json=chat(image_message([url], "x")))
         err = error_of(r, 400)
-        assert err["param"] == "messages[0].content[0]" and err["code"] == "invalid_image_url", err
+        assert err["param"] == "messages.0.content.0.image_url.url" and err["code"] == "invalid_image_url", err
         ok = await client.post("/v1/chat/completions", json=chat("still alive"))
     assert ok.status_code == 200
     assert len(app.state.serve.backend.jobs) == 1  # the bad request never reached the backend
@@ -177,7 +177,7 @@ async def test_image_fetch_timeout_bounds_the_whole_download(engine, drip_host):
                               image_fetch_timeout=1.0)
     async with client:
         err = error_of(await client.post("/v1/chat/completions", json=chat(image_message([url], "x"))), 400)
-        assert err["code"] == "image_fetch_timeout" and err["param"] == "messages[0].content[0]", err
+        assert err["code"] == "image_fetch_timeout" and err["param"] == "messages.0.content.0.image_url.url", err
         assert "--image-fetch-timeout" in err["message"]
         for _ in range(100):  # the fetcher hung up long before the 400 bytes were dripped
             if served:
@@ -339,9 +339,9 @@ def test_real_server_answers_hostile_input_with_4xx_on_the_same_connection(serve
         ('{"model": "tiny-eagle2", "messages": [{"role": "user", "content": "a\\ud800"}]}', 400,
          "messages.0.content"),
         (json.dumps(chat(image_message(["http://[127.0.0.1]/x.png"], "x")) | {"model": "tiny-eagle2"}), 400,
-         "messages[0].content[0]"),
+         "messages.0.content.0.image_url.url"),
         (json.dumps(chat(image_message(["http://a..example.org/x.png"], "x")) | {"model": "tiny-eagle2"}), 400,
-         "messages[0].content[0]"),
+         "messages.0.content.0.image_url.url"),
         (json.dumps(chat("x", max_tokens=65) | {"model": "tiny-eagle2"}), 400, "max_tokens"),
         (json.dumps(chat("x" * (CONTEXT * 64)) | {"model": "tiny-eagle2"}), 400, "messages"),
     ]

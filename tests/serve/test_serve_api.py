@@ -165,14 +165,14 @@ async def test_tiles_shrink_to_fit_the_context(engine, processor):
 # ----------------------------------------------------------------------------------------------- bad input
 BAD_REQUESTS = {
     "malformed json": (b'{"model": "tiny", "messages": [', 400, ("malformed JSON",)),
-    "messages not a list": (chat_body("x") | {"messages": "hello"}, 422, ("messages",)),
-    "temperature wrong type": (chat_body("x", temperature="hot"), 422, ("temperature",)),
-    "unknown role": (chat_body([{"role": "robot", "content": "x"}]), 422, ("role",)),
-    "empty messages": (chat_body([]), 422, ("messages",)),
-    "negative max_tokens": (chat_body("x", max_tokens=-1), 422, ("max_tokens",)),
-    "logprobs": (chat_body("x", logprobs=True), 422, ("logprobs", "not supported")),
-    "five stops": (chat_body("x", stop=list("abcde")), 422, ("stop",)),
-    "seed over 64 bits": (chat_body("x", seed=2**70, temperature=1.0), 422, ("seed",)),
+    "messages not a list": (chat_body("x") | {"messages": "hello"}, 400, ("messages",)),
+    "temperature wrong type": (chat_body("x", temperature="hot"), 400, ("temperature",)),
+    "unknown role": (chat_body([{"role": "robot", "content": "x"}]), 400, ("role",)),
+    "empty messages": (chat_body([]), 400, ("messages",)),
+    "negative max_tokens": (chat_body("x", max_tokens=-1), 400, ("max_tokens",)),
+    "logprobs": (chat_body("x", logprobs=True), 400, ("logprobs", "not supported")),
+    "five stops": (chat_body("x", stop=list("abcde")), 400, ("stop",)),
+    "seed over 64 bits": (chat_body("x", seed=2**70, temperature=1.0), 400, ("seed",)),
     "unknown model": (chat_body("x") | {"model": "gpt-4"}, 404, ("gpt-4", "does not exist")),
     "invalid base64": (chat_body(image_message(["data:image/png;base64,@@@not base64@@@"], "x")), 400,
                        ("base64",)),
@@ -185,7 +185,8 @@ BAD_REQUESTS = {
     "http url without allow-list": (chat_body(image_message(["http://example.com/a.png"], "x")), 400,
                                     ("data url",)),
     "image in assistant turn": (chat_body([{"role": "assistant", "content": [
-        {"type": "image_url", "image_url": {"url": data_url(png_bytes(8, 8))}}]}]), 400, ("user messages",)),
+        {"type": "image_url", "image_url": {"url": data_url(png_bytes(8, 8))}}]}]), 400,
+                                ("messages.0.content.0.type", "'text'")),
     "max_tiles over the cap": (chat_body("x", max_tiles=40), 400, ("max_tiles",)),
     "prompt too long": (chat_body("word " * 5000), 400, ("exceeds the context",)),
     "image markup in text": (chat_body("look <IMG_CONTEXT> here"), 400, ("reserved image markup",)),
@@ -400,9 +401,9 @@ async def test_embeddings_and_ranking_shapes(engine):
                                                       "input_type": "passage"})
         assert_openai_error(r, 413, "pixels")
         r = await client.post("/v1/embeddings", json={"model": MODEL, "input": "x", "truncate": "MIDDLE"})
-        assert_openai_error(r, 422, "truncate")
+        assert_openai_error(r, 400, "truncate")
         r = await client.post("/v1/embeddings", json={"model": MODEL, "input": []})
-        assert_openai_error(r, 422, "empty")
+        assert_openai_error(r, 400, "at least 1 item")
 
 
 # --------------------------------------------------------------------------------------------- settings

@@ -124,7 +124,7 @@ def test_tiling_shrinks_to_fit_the_context(client, engine):
 
 BAD = {
     "malformed json": (b'{"model": "tiny-eagle2", "messages": [{"role": "user"', 400, "malformed JSON"),
-    "wrong type": ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, 422, "content"),
+    "wrong type": ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, 400, "content"),
     "invalid base64": ({"model": MODEL, "messages": image_message(["data:image/png;base64,!!!"], "x")}, 400,
                        "base64"),
     "non-image bytes": ({"model": MODEL, "messages": image_message([data_url(b"\x00plain bytes")], "x")}, 400,
