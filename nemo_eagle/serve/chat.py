@@ -95,8 +95,9 @@ def check_request_size(st: ServeState, req: ChatCompletionRequest) -> None:
     engine = st.engine
     check_messages(req.messages, max_messages=st.settings.max_messages,
                    max_chars=text_limit(st.settings, engine.tokenizer, engine.max_model_len))
-    check_completion_tokens(req.completion_limit, _max_tokens_param(req),
-                            completion_cap(st.settings, engine.max_model_len))
+    cap = completion_cap(st.settings, engine.max_model_len)
+    for name in ("max_tokens", "max_completion_tokens"):  # each within the cap the OpenAPI document declares
+        check_completion_tokens(getattr(req, name), name, cap)
 
 
 def _max_tokens_param(req: ChatCompletionRequest) -> str:

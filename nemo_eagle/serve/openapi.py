@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from nemo_eagle.serve.limits import completion_cap, text_limit
 from nemo_eagle.serve.schema import ChatCompletionChunk, ErrorResponse
 
 _ERROR_WHEN = {
@@ -19,7 +20,7 @@ _ERROR_WHEN = {
     404: "unknown model",
     413: "request body, image bytes or image pixels over this server's limits",
     429: "too many requests in flight; retry after `Retry-After` seconds",
-    503: "the server is not ready, is shutting down, or its model backend failed",
+    503: "the server is not ready, is shutting down, or its model backend failed or restarts",
 }
 
 
@@ -28,7 +29,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         out[code] = {"model": ErrorResponse, "description": _ERROR_WHEN[code]}
-        if code == 429:
+        if code in (429, 503):  # 503: sent while the backend restarts or the server drains
             out[code]["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
     return out
 
@@ -94,13 +95,17 @@ def build_openapi(app: FastAPI, st: Any) -> dict[str, Any]:
         for name, sub in extra.pop("$defs", {}).items():
             schemas.setdefault(name, sub)
         schemas.setdefault(model.__name__, extra)
-    cap = s.max_tiles or t.max_tiles
     if "ChatCompletionRequest" in schemas:
         chat = schemas["ChatCompletionRequest"]
-        _limit(chat, "max_tiles", "integer", maximum=cap)
-        for name in ("max_tokens", "max_completion_tokens"):  # the bound depends on the prompt: said, not a maximum
-            _limit(chat, name, "integer", description=f"prompt tokens (image tokens included) plus this must fit "
-                   f"the context of {st.engine.max_model_len} tokens; max_completion_tokens wins over max_tokens")
+        _limit(chat, "max_tiles", "integer", maximum=s.max_tiles or t.max_tiles)
+        _limit(chat, "messages", "array", maxItems=s.max_messages, description=(
+            f"at most {s.max_messages} messages and {text_limit(s, st.engine.tokenizer, st.engine.max_model_len)} "
+            "characters of text in all"))
+        cap = completion_cap(s, st.engine.max_model_len)
+        for name in ("max_tokens", "max_completion_tokens"):
+            _limit(chat, name, "integer", maximum=cap, description=f"at most {cap}; prompt tokens (image tokens "
+                   f"included) plus this must also fit the context of {st.engine.max_model_len} tokens "
+                   "(max_completion_tokens wins over max_tokens)")
     if "ImageURL" in schemas:  # the fetcher refuses other schemes, and http(s) without an allow-list
         url = schemas["ImageURL"]["properties"]["url"]
         data = "data:[^,]*;base64[^,]*,"

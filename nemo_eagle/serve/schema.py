@@ -12,10 +12,29 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 MAX_STOP_SEQUENCES = 4
 NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+def _has_text(v: str) -> str:
+    if not v.strip():
+        raise ValueError("holds no text (empty or only whitespace)")
+    return v
+
+
+# What the embedder can embed: something besides whitespace (in JSON Schema, a match of \S).
+Text = Annotated[str, AfterValidator(_has_text), WithJsonSchema({"type": "string", "pattern": r"\S"})]
 
 
 def _integral(v: Any) -> Any:
@@ -196,7 +215,7 @@ class ChatCompletionChunk(BaseModel):
 # ------------------------------------------------------------------------------------ embeddings, ranking
 class EmbeddingRequest(_Request):
     model: str
-    input: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1)] = Field(
+    input: Text | Annotated[list[Text], Field(min_length=1)] = Field(
         description="text, an image data URL, or text followed by an image data URL; or a non-empty list of them")
     input_type: Literal["query", "passage"] | None = None
     truncate: Literal["NONE", "START", "END"] = "NONE"
@@ -223,7 +242,7 @@ class EmbeddingResponse(BaseModel):
 
 
 class RankingText(_Strict):
-    text: str
+    text: Text
 
 
 class RankingRequest(_Request):

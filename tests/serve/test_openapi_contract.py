@@ -105,8 +105,13 @@ async def test_embedding_and_ranking_violations_name_the_field(engine):
         with pytest.raises(openai.BadRequestError) as info:
             await openai_client(client).embeddings.create(model=MODEL, input=["ok", ""])
         assert info.value.body["param"] == "input.1"
+        with pytest.raises(openai.BadRequestError) as info:
+            await openai_client(client).embeddings.create(model=MODEL, input=["ok", " \n "])
+        assert info.value.body["param"] == "input.1" and "no text" in info.value.body["message"]
         r = await client.post("/v1/ranking", json={"model": MODEL, "query": {"text": "q"}, "passages": [{"txt": "p"}]})
         assert r.status_code == 400 and r.json()["error"]["param"] == "passages.0.text"
+        r = await client.post("/v1/ranking", json={"model": MODEL, "query": {"text": " "}, "passages": [{"text": "p"}]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "query.text"
 
 
 async def test_malformed_json_is_400(engine):
@@ -216,7 +221,7 @@ async def test_metrics_are_documented_as_prometheus_text(engine):
 
 # ------------------------------------------------------------------------ declared limits == enforced ones
 async def test_declared_limits_are_the_enforced_ones(engine):
-    client, app = make_client(engine, max_batch_inputs=3, max_tiles=2)
+    client, app = make_client(engine, max_batch_inputs=3, max_tiles=2, max_messages=5, max_tokens_limit=64)
     doc = app.openapi()
     props = doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]
 
@@ -228,12 +233,25 @@ async def test_declared_limits_are_the_enforced_ones(engine):
     tiles = branch(props["max_tiles"], "integer")["maximum"]
     inputs = branch(doc["components"]["schemas"]["EmbeddingRequest"]["properties"]["input"], "array")
     passages = branch(doc["components"]["schemas"]["RankingRequest"]["properties"]["passages"], "array")
-    assert (stops, n_max, tiles, inputs["maxItems"], passages["maxItems"]) == (4, 16, 2, 3, 3)
+    messages = props["messages"]["maxItems"]
+    tokens = {name: branch(props[name], "integer")["maximum"] for name in ("max_tokens", "max_completion_tokens")}
+    assert (stops, n_max, tiles, inputs["maxItems"], passages["maxItems"], messages) == (4, 16, 2, 3, 3, 5)
+    assert tokens == {"max_tokens": 64, "max_completion_tokens": 64}
     assert props["messages"]["minItems"] == 1 and inputs["minItems"] == 1 and passages["minItems"] == 1
     assert branch(props["stop"], "string")["minLength"] == 1
+    text = branch(doc["components"]["schemas"]["EmbeddingRequest"]["properties"]["input"], "string")
+    assert text["pattern"] == inputs["items"]["pattern"] == r"\S"  # something besides whitespace
     assert str(app.state.serve.settings.max_request_bytes) in doc["info"]["description"]
     img = image_message([data_url(png_bytes(64, 48))], "x")
+    user = [{"role": "user", "content": "x"}]
     cases = [  # (route, body at the limit, body one past it)
+        ("/v1/chat/completions", {"messages": user * messages}, {"messages": user * (messages + 1)}),
+        ("/v1/chat/completions", {"messages": user, "max_tokens": tokens["max_tokens"]},
+         {"messages": user, "max_tokens": tokens["max_tokens"] + 1}),
+        ("/v1/chat/completions", {"messages": user, "max_completion_tokens": tokens["max_completion_tokens"]},
+         {"messages": user, "max_completion_tokens": tokens["max_completion_tokens"] + 1}),
+        ("/v1/chat/completions", {"messages": user, "max_completion_tokens": 8},  # each field has its bound
+         {"messages": user, "max_completion_tokens": 8, "max_tokens": tokens["max_tokens"] + 1}),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stop": list("abcd"[:stops])},
          {"messages": [{"role": "user", "content": "x"}], "stop": list("abcde"[:stops + 1])}),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": n_max},
@@ -242,6 +260,7 @@ async def test_declared_limits_are_the_enforced_ones(engine):
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, {"messages": []}),
         ("/v1/embeddings", {"input": ["a"] * inputs["maxItems"]}, {"input": ["a"] * (inputs["maxItems"] + 1)}),
         ("/v1/embeddings", {"input": ["a"]}, {"input": []}),
+        ("/v1/embeddings", {"input": [" a "]}, {"input": [" \t"]}),
         ("/v1/ranking", {"query": {"text": "q"}, "passages": [{"text": "p"}] * passages["maxItems"]},
          {"query": {"text": "q"}, "passages": [{"text": "p"}] * (passages["maxItems"] + 1)}),
     ]
