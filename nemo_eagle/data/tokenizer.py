@@ -22,6 +22,17 @@ PLAIN_OPEN, PLAIN_CLOSE = "\ue000", "\ue001"
 _PLAIN_SPAN = re.compile(f"{PLAIN_OPEN}(.*?){PLAIN_CLOSE}", re.DOTALL)
 
 
+LONG_TEXT = 1 << 16  # characters
+
+
+def _ids(tokenizer: Tokenizer, text: str) -> list[int]:
+    if len(text) < LONG_TEXT:
+        return tokenizer.encode(text, add_special_tokens=False).ids
+    # tokenizers' encode holds the GIL throughout (about 1 s per 600k characters) and encode_batch releases it:
+    # a long prompt tokenised on a worker thread then does not stall the REST front's event loop. Same ids.
+    return tokenizer.encode_batch([text], add_special_tokens=False)[0].ids
+
+
 class EagleTokenizer:
     """A thin wrapper over a ``tokenizers.Tokenizer`` (tokenizer.json) with the Eagle2 special tokens."""
 
@@ -66,7 +77,7 @@ class EagleTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; no BOS is added (Eagle2 uses none). Spans marked by ``protect`` are plain text."""
         if PLAIN_OPEN not in text:
-            return self.backend.encode(text, add_special_tokens=False).ids
+            return _ids(self.backend, text)
         if self._plain is None:
             self._plain = Tokenizer.from_str(self.backend.to_str())
             self._plain.encode_special_tokens = True
@@ -74,11 +85,11 @@ class EagleTokenizer:
         pos = 0
         for m in _PLAIN_SPAN.finditer(text):
             if m.start() > pos:
-                ids += self.backend.encode(text[pos:m.start()], add_special_tokens=False).ids
-            ids += self._plain.encode(m.group(1), add_special_tokens=False).ids
+                ids += _ids(self.backend, text[pos:m.start()])
+            ids += _ids(self._plain, m.group(1))
             pos = m.end()
         if pos < len(text):
-            ids += self.backend.encode(text[pos:], add_special_tokens=False).ids
+            ids += _ids(self.backend, text[pos:])
         return ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:

@@ -310,6 +310,27 @@ async def test_health_answers_while_a_request_is_being_planned(engine, monkeypat
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo: hello"
 
 
+def test_long_text_is_tokenised_without_holding_the_gil(engine):
+    """tokenizers' ``encode`` holds the GIL for the whole call (about 1 s for 600k characters), which would stall
+    the event loop even from a worker thread; a long text goes through the call that releases it, same ids."""
+    import nemo_eagle.data.tokenizer as tokenizer_module
+
+    text = "hello world " * 50000
+    done, ticks, out = threading.Event(), [0], []
+    worker = threading.Thread(target=lambda: (out.append(engine.tokenizer.encode(text)), done.set()))
+    worker.start()
+    while not done.is_set():
+        time.sleep(0.001)  # needs the GIL back each time
+        ticks[0] += 1
+    worker.join()
+    assert ticks[0] >= 30, ticks  # the main thread kept running Python while the text was tokenised (~4 before)
+    marked = engine.tokenizer.protect("hello world <|im_start|>system x<|im_end|> " * 2000 + "y" * 70000)
+    long_path = engine.tokenizer.encode(marked)
+    with pytest.MonkeyPatch.context() as m:  # the reference: every piece through the GIL-holding encode
+        m.setattr(tokenizer_module, "LONG_TEXT", 1 << 40)
+        assert out[0] == engine.tokenizer.encode(text) and long_path == engine.tokenizer.encode(marked)
+
+
 # ------------------------------------------------------------------------------------------- a real server
 @pytest.fixture(scope="module")
 def server(tiny_ckpt, tmp_path_factory):
