@@ -1,0 +1,157 @@
+"""Oversized input against the REST front, and the static engine path's memory for a long completion.
+
+1. A real ``nemo-eagle serve`` (tiny model, 127.0.0.1 only): health-probe latency while idle (the baseline) and
+   while several large prompts (just under the default text cap) are being tokenised, the time to refuse a 30 MB
+   text, and the front process's RSS (now and peak) after each phase.
+2. The static path's decode loop (``iter_tokens``, what ``Engine.run_batch`` runs) for one long completion, in a
+   fresh process each: with autograd on (how the static path ran before) and under ``inference_mode`` (now);
+   peak RSS of both and their ratio.
+
+    python benchmarks/serve_input_limits.py --model tests/fixtures/tiny-eagle2 --tokens 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from serve import free_port, wait_ready  # the sibling benchmark's helpers (this folder is on sys.path)
+
+REPO = Path(__file__).resolve().parents[1]
+# then drop this folder from the path: benchmarks/kernels.py would shadow the `kernels` package transformers imports
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+
+DEFAULT_MODEL = REPO / "tests" / "fixtures" / "tiny-eagle2"
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process in MiB, from /proc."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+async def probe(client, url: str, seconds: float, interval: float = 0.05) -> list[float | None]:
+    """Health-probe latencies (None: no answer within 2 s) over ``seconds``."""
+    import httpx
+
+    out: list[float | None] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        try:
+            r = await client.get(url + "/v1/health/live", timeout=2.0)
+            out.append(time.perf_counter() - t0 if r.status_code == 200 else None)
+        except httpx.HTTPError:
+            out.append(None)
+        await asyncio.sleep(interval)
+    return out
+
+
+def summary(lat: list[float | None]) -> str:
+    ok = sorted(x for x in lat if x is not None)
+    if not ok:
+        return f"{len(lat)} probes, all failed"
+    return (f"{len(lat)} probes, {len(lat) - len(ok)} failed, p50 {statistics.median(ok) * 1e3:.1f} ms, "
+            f"max {ok[-1] * 1e3:.1f} ms")
+
+
+async def front(args) -> None:
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "nemo_eagle.cli", "serve", "--model", str(args.model), "--port", str(port),
+           "--triton-grpc-port", "0", "--triton-http-port", "0", "--triton-metrics-port", "0", "--log-level",
+           "WARNING", "--disable-log-requests"]
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, 600)
+        async with httpx.AsyncClient(timeout=600) as client:
+            meta = (await client.get(url + "/v1/models")).json()["data"][0]
+            model, context = meta["id"], meta["max_model_len"]
+            idle = await probe(client, url, args.seconds)
+            print(f"idle:              {summary(idle)}; front RSS {rss_mib(proc.pid)[0]:.0f} MiB")
+
+            # just under the default cap (context x longest token): tokenised, then refused for the context
+            from nemo_eagle.serve.engine import Engine
+            from nemo_eagle.serve.limits import longest_token_chars
+
+            engine = Engine.from_pretrained(args.model, load_model=False)
+            cap = context * longest_token_chars(engine.tokenizer)
+            text = ("hello world " * (cap // 12 + 1))[: cap - 16]
+            body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 1}
+            t0 = time.perf_counter()
+            tasks = [asyncio.create_task(client.post(url + "/v1/chat/completions", json=body))
+                     for _ in range(args.large)]
+            busy = await probe(client, url, args.seconds)
+            codes = [r.status_code for r in await asyncio.gather(*tasks)]
+            print(f"{args.large} x {len(text) / 1e6:.2f}M chars: {summary(busy)}; answers {sorted(set(codes))} after "
+                  f"{time.perf_counter() - t0:.1f}s; front RSS now/peak {rss_mib(proc.pid)[0]:.0f}/"
+                  f"{rss_mib(proc.pid)[1]:.0f} MiB")
+            ratio = statistics.median(x for x in busy if x) / statistics.median(x for x in idle if x)
+            print(f"probe p50 while tokenising / idle: {ratio:.2f}x")
+
+            huge = {"model": model, "messages": [{"role": "user", "content": "x" * 30_000_000}]}
+            t0 = time.perf_counter()
+            r = await client.post(url + "/v1/chat/completions", json=huge)
+            print(f"30 MB text: HTTP {r.status_code} {r.json()['error']['code']} in {time.perf_counter() - t0:.2f}s; "
+                  f"front RSS now/peak {rss_mib(proc.pid)[0]:.0f}/{rss_mib(proc.pid)[1]:.0f} MiB")
+    finally:
+        proc.terminate()
+        proc.wait(120)
+
+
+def static_child(model: str, tokens: int, grad: bool) -> None:
+    import resource
+
+    import torch
+
+    from nemo_eagle.modeling.generation import GenerationConfig, iter_tokens
+    from nemo_eagle.serve.engine import Engine
+
+    torch.set_num_threads(1)
+    eng = Engine.from_pretrained(model, device="cpu")
+    ids = torch.tensor([eng.tokenizer.encode("hello there")])
+    cfg = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    t0 = time.perf_counter()
+    with torch.enable_grad() if grad else torch.inference_mode():
+        n = sum(1 for _ in iter_tokens(eng.model, ids, None, None, cfg))
+    print(json.dumps({"tokens": n, "seconds": time.perf_counter() - t0,
+                      "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def static(args) -> None:
+    runs = {}
+    for grad in (True, False):
+        out = subprocess.run([sys.executable, __file__, "--static-child", "grad" if grad else "inference",
+                              "--model", str(args.model), "--tokens", str(args.tokens)], capture_output=True,
+                             text=True, cwd=REPO, check=True)
+        runs[grad] = json.loads(out.stdout.strip().splitlines()[-1])
+    before, now = runs[True], runs[False]
+    print(f"static path, {args.tokens} tokens: autograd on (before) peak {before['peak_mib']:.0f} MiB in "
+          f"{before['seconds']:.1f}s; inference_mode (now) peak {now['peak_mib']:.0f} MiB in {now['seconds']:.1f}s; "
+          f"peak ratio {before['peak_mib'] / now['peak_mib']:.1f}x")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=str(DEFAULT_MODEL))
+    p.add_argument("--tokens", type=int, default=3000, help="completion length for the static-path memory run")
+    p.add_argument("--large", type=int, default=4, help="large prompts tokenised at once")
+    p.add_argument("--seconds", type=float, default=5.0, help="probing time per phase")
+    p.add_argument("--static-child", choices=("grad", "inference"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.static_child:
+        return static_child(args.model, args.tokens, args.static_child == "grad")
+    asyncio.run(front(args))
+    static(args)
+
+
+if __name__ == "__main__":
+    main()
