@@ -9,7 +9,7 @@ whole sequence each step (the oracle the cache is tested against). Stop strings 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -67,20 +67,24 @@ def make_config(model: EagleModel, kwargs: dict[str, Any]) -> GenerationConfig:
     return cfg
 
 
-def sample_next(logits: Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> Tensor:
-    """(B, V) logits -> (B,) next ids: argmax, or temperature / top-k / top-p sampling."""
-    if not cfg.do_sample:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / cfg.temperature
-    if cfg.top_k:
-        kth = torch.topk(logits, min(cfg.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+def warp(logits: Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """(B, V) logits -> the float32 logits sampling draws from: divided by the temperature, tokens outside the
+    top-k and outside the smallest prefix reaching ``top_p`` (at least one token) set to -inf."""
+    logits = logits.float() / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p < 1.0:
+    if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > cfg.top_p  # keep the smallest prefix reaching top_p (at least one)
+        drop = probs.cumsum(-1) - probs > top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def draw(logits: Tensor, generator: torch.Generator | None) -> Tensor:
+    """(B, V) warped logits -> (B,) ids drawn from their softmax (on CPU when a seeded generator is given)."""
     probs = logits.softmax(-1)
     return (
         torch.multinomial(probs.cpu() if generator is not None else probs, 1, generator=generator)
@@ -89,9 +93,18 @@ def sample_next(logits: Tensor, cfg: GenerationConfig, generator: torch.Generato
     )
 
 
+def sample_next(logits: Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> Tensor:
+    """(B, V) logits -> (B,) next ids: argmax, or temperature / top-k / top-p sampling."""
+    if not cfg.do_sample:
+        return logits.argmax(dim=-1)
+    return draw(warp(logits, cfg.temperature, cfg.top_k, cfg.top_p), generator)
+
+
 def iter_tokens(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | None, pixel_values: Tensor | None,
-                cfg: GenerationConfig) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (next_ids (B,), finished (B,)) per step until every row stopped or max_new_tokens is reached."""
+                cfg: GenerationConfig, pick: Callable[[Tensor], Tensor] | None = None,
+                ) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (next_ids (B,), finished (B,)) per step until every row stopped or max_new_tokens is reached.
+    ``pick``: (B, V) last-position logits -> (B,) ids, replacing ``sample_next`` (the server's per-row sampling)."""
     device = model.device
     input_ids = input_ids.to(device)
     b = input_ids.shape[0]
@@ -109,7 +122,8 @@ def iter_tokens(model: EagleModel, input_ids: Tensor, attention_mask: Tensor | N
             out = _step(model, cfg, step_embeds, step_pos, mask, cache, embeds, positions)
         if cfg.use_cache:
             cache = output_cache(out)
-        nxt = sample_next(out.logits[:, -1, :], cfg, generator)
+        last = out.logits[:, -1, :]
+        nxt = pick(last) if pick is not None else sample_next(last, cfg, generator)
         nxt = torch.where(finished, torch.full_like(nxt, cfg.pad_token_id), nxt)
         done_now = torch.tensor([int(t) in eos for t in nxt.tolist()], device=device) & ~finished
         for i, d in enumerate(detok):

@@ -226,9 +226,11 @@ def create_app(settings: ServeSettings, backend: Backend, *, engine: Engine | No
         return app.openapi()
 
     from nemo_eagle.serve.chat import router as chat_router
+    from nemo_eagle.serve.completions import router as completions_router
     from nemo_eagle.serve.retrieval import router as retrieval_router
 
     app.include_router(chat_router, dependencies=[Depends(require_api_key)])
+    app.include_router(completions_router, dependencies=[Depends(require_api_key)])
     app.include_router(retrieval_router, dependencies=[Depends(require_api_key)])
 
     def document() -> dict[str, Any]:  # built once, on first use, with this app's limits

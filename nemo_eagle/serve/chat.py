@@ -23,8 +23,10 @@ from fastapi.responses import StreamingResponse
 
 from nemo_eagle.serve.engine import EngineError, GenerationEvent, GenerationJob, RequestPlan
 from nemo_eagle.serve.limits import check_completion_tokens, check_messages, completion_cap, text_limit
+from nemo_eagle.serve.logprobs import TokenText, chat_logprobs
 from nemo_eagle.serve.media import FetchedImage
 from nemo_eagle.serve.openapi import CHAT_STREAM, error_responses
+from nemo_eagle.serve.params import job_sampling, refuse_unsupported
 from nemo_eagle.serve.schema import (
     AssistantMessage,
     ChatCompletion,
@@ -48,6 +50,7 @@ class ChoiceState:
     text: str = ""
     finish_reason: str | None = None
     completion_tokens: int = 0
+    logprobs: list[list] = field(default_factory=list)  # the engine's per-token records (engine/sampling.py)
 
 
 @dataclass
@@ -125,15 +128,37 @@ def plan_request(st: ServeState, req: ChatCompletionRequest, messages: list[dict
         raise
 
 
+def check_sampling(st: ServeState, req: ChatCompletionRequest) -> dict[str, Any]:
+    """The jobs' sampling fields; 400 for parameters this server cannot honour."""
+    refuse_unsupported(req, n=req.n)
+    if req.top_logprobs and not req.logprobs:
+        raise EngineError("top_logprobs needs logprobs=true", param="top_logprobs")
+    return job_sampling(req, vocab_size=st.engine.tokenizer.vocab_size,
+                        logprobs=(req.top_logprobs or 0) if req.logprobs else None)
+
+
 def make_jobs(req: ChatCompletionRequest, plan: RequestPlan, images: list[FetchedImage], cid: str, *,
-              max_image_pixels: int | None = None) -> list[GenerationJob]:
+              sampling: dict[str, Any] | None = None, max_image_pixels: int | None = None) -> list[GenerationJob]:
     """One job per choice; the tiling plans travel with it and the backend applies them as planned here."""
+    sampling = sampling or {"temperature": req.temperature or 0.0, "top_p": req.top_p or 1.0}
     return [GenerationJob(request_id=f"{cid}-{i}", prompt=plan.prompt, max_tiles=plan.max_tiles,
-                          max_new_tokens=plan.max_new_tokens, temperature=req.temperature or 0.0,
-                          top_p=req.top_p or 1.0, seed=None if req.seed is None else req.seed + i,
+                          max_new_tokens=plan.max_new_tokens, seed=None if req.seed is None else req.seed + i,
                           stop=list(req.stop or []), stream=req.stream, tiling=plan.tiling,
-                          max_image_pixels=max_image_pixels, images=[im.data for im in images])
+                          max_image_pixels=max_image_pixels, images=[im.data for im in images], **sampling)
             for i in range(req.n)]
+
+
+def admission(st: ServeState, model: str) -> Any:
+    """404 for another model; the response refusing a generation request now (draining, overloaded), or None."""
+    if model != st.model_name:
+        raise EngineError(f"model {model!r} does not exist; this server serves {st.model_name!r}", status=404,
+                          code="model_not_found", param="model")
+    if st.draining:
+        return error_response(503, "the server is shutting down", code="draining")
+    if st.active_jobs >= st.settings.max_concurrent_requests:
+        return error_response(429, f"too many requests in flight (limit {st.settings.max_concurrent_requests}); "
+                              "retry later", code="overloaded", headers={"Retry-After": "1"})
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ route
@@ -143,34 +168,22 @@ def make_jobs(req: ChatCompletionRequest, plan: RequestPlan, images: list[Fetche
 async def chat_completions(req: ChatCompletionRequest, request: Request):
     st: ServeState = request.app.state.serve
     started = time.perf_counter()
-    if req.model != st.model_name:
-        raise EngineError(f"model {req.model!r} does not exist; this server serves {st.model_name!r}", status=404,
-                          code="model_not_found", param="model")
-    if st.draining:
-        return error_response(503, "the server is shutting down", code="draining")
-    if st.active_jobs >= st.settings.max_concurrent_requests:
-        return error_response(429, f"too many requests in flight (limit {st.settings.max_concurrent_requests}); "
-                              "retry later", code="overloaded", headers={"Retry-After": "1"})
+    if (refused := admission(st, req.model)) is not None:
+        return refused
+    sampling = check_sampling(st, req)
     if req.ignored_fields:
-        log.debug("ignoring unsupported fields %s", req.ignored_fields)
+        log.debug("ignoring unknown fields %s", req.ignored_fields)
     check_request_size(st, req)
     messages, images = await collect_images(st, req.messages)
     plan = await asyncio.get_running_loop().run_in_executor(
         st.planner, functools.partial(plan_request, st, req, messages, images))
     cid = f"chatcmpl-{uuid.uuid4().hex}"
-    jobs = make_jobs(req, plan, images, cid, max_image_pixels=st.settings.max_image_pixels)
+    jobs = make_jobs(req, plan, images, cid, sampling=sampling, max_image_pixels=st.settings.max_image_pixels)
     st.metrics.images.inc(len(images))
     if any(p.reduced for p in plan.plans):
         st.metrics.tiling_reduced.inc()
     streams = [_tracked(st, job) for job in jobs]
-    # The first event of every job carries the real prompt size, or the error: answer 4xx before streaming.
-    firsts = await _first_events(streams)
-    for ev in firsts:
-        if ev.finish_reason == "error":
-            await _close_all(streams)
-            err = ev.error or {}
-            raise EngineError(err.get("message", "generation failed"), status=int(err.get("status", 400)),
-                              code=err.get("code"), param=err.get("param"))
+    firsts = await first_events(streams)
     completion = Completion(prompt_tokens=firsts[0].prompt_tokens or plan.prompt_tokens, tiling=plan.tiling)
     backend_tiles = [(tuple(t["grid"]), t["num_tiles"]) for t in firsts[0].tiling or []]
     if firsts[0].tiling is not None and backend_tiles != [(p.grid, p.num_tiles) for p in plan.plans]:
@@ -188,8 +201,10 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
         # nobody reads this; 499 (nginx's "client closed request") keeps the metrics honest
         return error_response(499, "client disconnected before the answer was complete", code="client_closed_request")
     _log_request(st, cid, plan, completion, started)
+    tt = TokenText(st.engine.tokenizer, as_ids=req.return_tokens_as_token_ids)
     return ChatCompletion(id=cid, model=st.model_name, usage=completion.usage, tiling=completion.tiling, choices=[
-        Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)
+        Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason,
+               logprobs=chat_logprobs(c.logprobs, req.top_logprobs or 0, tt) if req.logprobs else None)
         for i, c in enumerate(completion.choices)])
 
 
@@ -225,6 +240,19 @@ async def _first_events(streams: list[AsyncIterator[GenerationEvent]]) -> list[G
         raise
 
 
+async def first_events(streams: list[AsyncIterator[GenerationEvent]]) -> list[GenerationEvent]:
+    """The first event of every job: it carries the real prompt size, or the error, answered as a 4xx here,
+    before any byte of a stream is sent."""
+    firsts = await _first_events(streams)
+    for ev in firsts:
+        if ev.finish_reason == "error":
+            await _close_all(streams)
+            err = ev.error or {}
+            raise EngineError(err.get("message", "generation failed"), status=int(err.get("status", 400)),
+                              code=err.get("code"), param=err.get("param"))
+    return firsts
+
+
 async def _close_all(streams: list[AsyncIterator[GenerationEvent]]) -> None:
     for s in streams:
         await s.aclose()
@@ -232,6 +260,7 @@ async def _close_all(streams: list[AsyncIterator[GenerationEvent]]) -> None:
 
 def _apply(choice: ChoiceState, ev: GenerationEvent) -> None:
     choice.text += ev.text
+    choice.logprobs += ev.logprobs or []
     choice.completion_tokens = max(choice.completion_tokens, ev.completion_tokens)
     if ev.finish_reason is not None:
         choice.finish_reason = ev.finish_reason
@@ -316,6 +345,7 @@ async def _sse(st: ServeState, req: ChatCompletionRequest, cid: str, streams: li
     created, model = int(time.time()), st.model_name
     completion.choices = [ChoiceState() for _ in streams]
     first_text = True
+    tt = TokenText(st.engine.tokenizer, as_ids=req.return_tokens_as_token_ids)
     try:
         for i in range(len(streams)):
             extra = {"tiling": completion.tiling} if i == 0 else {}
@@ -330,10 +360,11 @@ async def _sse(st: ServeState, req: ChatCompletionRequest, cid: str, streams: li
                 first_text = False
                 st.metrics.ttft.observe(time.perf_counter() - started)
             reason = ev.finish_reason if ev.finish_reason in ("stop", "length") else None
-            if not ev.text and reason is None:
+            lps = chat_logprobs(ev.logprobs or [], req.top_logprobs or 0, tt) if req.logprobs and ev.logprobs else None
+            if not ev.text and reason is None and lps is None:
                 return None
             return _chunk(cid, created, model, [ChunkChoice(index=i, delta=Delta(content=ev.text or None),
-                                                            finish_reason=reason)])
+                                                            finish_reason=reason, logprobs=lps)])
 
         for i, ev in enumerate(firsts):
             if (out := piece(i, ev)) is not None:

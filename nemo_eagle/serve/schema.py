@@ -2,8 +2,9 @@
 embeddings and ranking, models, health, and OpenAI-shaped errors.
 
 Request models reject wrong types and values out of range (a 400 naming the field); every limit a field has is
-declared here, so the OpenAPI document shows it. Unknown OpenAI fields are accepted and ignored, as OpenAI-compatible
-servers do, so clients that send e.g. ``user`` or ``presence_penalty=0`` keep working.
+declared here, so the OpenAPI document shows it. Unknown fields are accepted and ignored, as OpenAI-compatible
+servers do, so clients that send e.g. ``user`` keep working, except the known ones this server cannot honour
+(tools, beam search, ...: ``serve/params.py`` refuses them with a 400 naming the parameter).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import (
 )
 
 MAX_STOP_SEQUENCES = 4
+MAX_PROMPTS = 16  # prompts in one completions request
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
@@ -125,7 +127,67 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Request):
+# ------------------------------------------------------------------------------ sampling, structured output
+class JsonSchemaFormat(_Strict):
+    name: str = Field("response", description="a name for the schema (informational)")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema", description="the JSON Schema the answer must validate against")
+    strict: bool | None = Field(None, description="accepted; the answer always follows the schema")
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = Field(None, description="required with type json_schema")
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs a json_schema object")
+        return self
+
+
+class StructuredOutputs(_Strict):
+    """vLLM's ``structured_outputs`` extra parameter: exactly one of these."""
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json", description="a JSON Schema")
+    regex: str | None = None
+    choice: list[str] | None = Field(None, min_length=1)
+    json_object: bool | None = None
+
+
+class SamplingFields(_Strict):
+    """Logits processing and structured output, shared by chat and completions (applied per sequence)."""
+
+    top_k: Int(ge=-1) | None = Field(None, description="vLLM extra: keep the k most likely tokens (-1 or 0: all)")
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="subtracted from the logit of every "
+                                           "token already generated (OpenAI's definition)")
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="times the number of times a token "
+                                            "was generated, subtracted from its logit (OpenAI's definition)")
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0, description="vLLM extra (CTRL / transformers): "
+                                             "logits of prompt and generated tokens divided (if > 0) or multiplied")
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(
+        None, description="token id -> bias in [-100, 100] added to its logit")
+    min_tokens: Int(ge=0) | None = Field(None, description="vLLM extra: the end of turn is masked until this many "
+                                   "tokens were generated")
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | str | None = Field(None, description="vLLM extra: a JSON Schema to follow")
+    guided_regex: str | None = Field(None, description="vLLM extra: a regular expression the answer matches")
+    guided_choice: list[str] | None = Field(None, min_length=1, description="vLLM extra: the answer is one of these")
+    structured_outputs: StructuredOutputs | None = Field(None, description="vLLM extra: json, regex, choice or "
+                                                         "json_object")
+    return_tokens_as_token_ids: bool = Field(False, description="vLLM extra: log-probability tokens as "
+                                             "'token_id:<id>'")
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for k in v or {}:
+            if not k.isdigit():
+                raise ValueError(f"logit_bias keys are token ids (non-negative integers), got {k!r}")
+        return v
+
+
+class ChatCompletionRequest(_Request, SamplingFields):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: Int(ge=1) | None = None
@@ -139,6 +201,9 @@ class ChatCompletionRequest(_Request):
     n: Int(ge=1, le=16) = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+    logprobs: bool = Field(False, description="return the log-probability of each generated token")
+    top_logprobs: Int(ge=0, le=20) | None = Field(None, description="with logprobs: this many most likely "
+                                                  "tokens per position")
     # extra body fields of this server
     max_tiles: Int(ge=1) | None = Field(None, description="per-image tile limit for this request (request-time "
                                   "tiling); lowered automatically when the prompt would not fit the context")
@@ -147,14 +212,6 @@ class ChatCompletionRequest(_Request):
     @classmethod
     def _stops(cls, v: str | list[str] | None) -> list[str] | None:
         return [v] if isinstance(v, str) else v
-
-    @model_validator(mode="after")
-    def _unsupported(self) -> ChatCompletionRequest:
-        extra = self.model_extra or {}
-        for name in ("logprobs", "tools", "functions"):
-            if extra.get(name):
-                raise ValueError(f"{name!r} is not supported by this server")
-        return self
 
     @property
     def completion_limit(self) -> int | None:
@@ -173,11 +230,25 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+
+
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -199,7 +270,7 @@ class ChunkChoice(BaseModel):
     index: int
     delta: Delta
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -210,6 +281,58 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     tiling: list[dict[str, Any]] | None = None
+
+
+# ------------------------------------------------------------------------------------------ completions
+class CompletionRequest(_Request, SamplingFields):
+    model: str
+    prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_PROMPTS)] = Field(
+        description="raw text (no chat template); a list is several prompts, answered as choices in order, n per "
+                    "prompt")
+    max_tokens: Int(ge=1) | None = Field(16, description="16 when not given (OpenAI's default)")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 = greedy (default)")
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: Int(ge=-(2**63), le=2**63 - 1) | None = Field(None, description="choice j of every prompt uses seed + j")
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=MAX_STOP_SEQUENCES)] | None = Field(
+        None, description=f"up to {MAX_STOP_SEQUENCES} non-empty strings; generation stops before the first one")
+    n: Int(ge=1, le=16) = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: Int(ge=0, le=20) | None = Field(None, description="the log-probability of each token and of this "
+                                             "many most likely alternatives")
+    echo: bool = Field(False, description="the prompt text precedes each answer")
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> list[str] | None:
+        return [v] if isinstance(v, str) else v
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
 
 
 # ------------------------------------------------------------------------------------ embeddings, ranking

@@ -170,7 +170,7 @@ BAD_REQUESTS = {
     "unknown role": (chat_body([{"role": "robot", "content": "x"}]), 400, ("role",)),
     "empty messages": (chat_body([]), 400, ("messages",)),
     "negative max_tokens": (chat_body("x", max_tokens=-1), 400, ("max_tokens",)),
-    "logprobs": (chat_body("x", logprobs=True), 400, ("logprobs", "not supported")),
+    "tools": (chat_body("x", tools=[{"type": "function", "function": {"name": "f"}}]), 400, ("tools", "not supported")),
     "five stops": (chat_body("x", stop=list("abcde")), 400, ("stop",)),
     "seed over 64 bits": (chat_body("x", seed=2**70, temperature=1.0), 400, ("seed",)),
     "unknown model": (chat_body("x") | {"model": "gpt-4"}, 404, ("gpt-4", "does not exist")),

@@ -42,6 +42,7 @@ class PreparedJob:
     plans: list[TilePlan]
     image_keys: list[tuple]
     embeds: Tensor | None = None  # (1, L, H) once the scheduler's worker encoded the images and merged them
+    sampler: Any = None  # the job's TokenSampler (engine/sampling.py), built by the scheduler's worker
 
     @property
     def prompt_tokens(self) -> int:
@@ -80,6 +81,7 @@ class Engine:
         self.tokenizer = processor.tokenizer
         self.embedder_config = embedder_config or {}
         self._embedder = None
+        self._grammars = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, load_model: bool = True, device: str | None = None,
@@ -197,6 +199,15 @@ class Engine:
             return load_pil(data, name=name, max_pixels=max_pixels, alpha=self.processor.tiling.alpha)
         return load_image(data, name=name, max_pixels=max_pixels)
 
+    def sampler(self, job: GenerationJob, prepared: PreparedJob) -> Any:
+        """The job's per-sequence ``TokenSampler`` (raises ``EngineError`` for a grammar that does not compile)."""
+        from nemo_eagle.serve.engine.sampling import Grammars, make_sampler
+
+        if job.guide and self._grammars is None:
+            self._grammars = Grammars(self.tokenizer, int(self.model.language_model.config.vocab_size))
+        return make_sampler(job, eos_token_id=self.tokenizer.eos_token_id, grammars=self._grammars,
+                            prompt_ids=prepared.input_ids[0].tolist())
+
     def scheduler(self, **kwargs: Any) -> Any:
         """A continuous-batching ``Scheduler`` over this engine's model (see ``scheduler.py`` for the options)."""
         from nemo_eagle.serve.engine.scheduler import Scheduler
@@ -219,6 +230,7 @@ class Engine:
         for i, job in enumerate(jobs):
             try:
                 batch = self.prepare(job)
+                batch.sampler = self.sampler(job, batch)
             except (EngineError, ValueError) as e:
                 err = e if isinstance(e, EngineError) else EngineError(str(e))
                 yield i, GenerationEvent(finish_reason="error", error=err.to_dict())
@@ -285,6 +297,7 @@ class Engine:
     def _generate(self, group: list[tuple[int, GenerationJob, Any]],
                   cancelled: Callable[[int], bool]) -> Iterator[tuple[int, GenerationEvent]]:
         from nemo_eagle.modeling.generation import GenerationConfig, iter_tokens
+        from nemo_eagle.serve.engine.sampling import sample_rows
 
         first = group[0][1]
         cfg = GenerationConfig(max_new_tokens=max(job.max_new_tokens for _, job, _ in group),
@@ -299,6 +312,13 @@ class Engine:
         active = [True] * len(group)
         started = [False] * len(group)
         held = [""] * len(group)  # text of non-streaming jobs, sent with their last event
+        logprobs: list[list] = [[] for _ in group]  # per row, the records not yet sent
+        samplers = [b.sampler for _, _, b in group]
+        picked: list[list] = [[]]  # the last step's (token, logprob record) per row
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            picked[0] = sample_rows(logits, samplers)
+            return torch.tensor([t for t, _ in picked[0]], device=logits.device)
         eos = self.tokenizer.eos_token_id
 
         def event(r: int, text: str = "", finish_reason: str | None = None) -> tuple[int, GenerationEvent] | None:
@@ -313,9 +333,11 @@ class Engine:
             if finish_reason is not None:
                 active[r] = False
             text, held[r] = held[r] + text, ""
+            if logprobs[r]:
+                kw["logprobs"], logprobs[r] = logprobs[r], []
             return i, GenerationEvent(text=text, finish_reason=finish_reason, completion_tokens=counts[r], **kw)
 
-        steps = iter_tokens(self.model, ids, mask, pixel_values, cfg)
+        steps = iter_tokens(self.model, ids, mask, pixel_values, cfg, pick=pick)
         try:
             for nxt, _ in steps:
                 out: list[tuple[int, GenerationEvent] | None] = []
@@ -328,6 +350,8 @@ class Engine:
                         continue
                     token = int(nxt[r])
                     counts[r] += 1
+                    if picked[0][r][1] is not None and token != eos:
+                        logprobs[r].append(picked[0][r][1])
                     if token == eos:
                         out.append(event(r, detok[r].flush(), "stop"))
                         continue

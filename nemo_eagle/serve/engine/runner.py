@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nemo_eagle.modeling.generation import GenerationConfig, last_logits_kwargs, sample_next
+from nemo_eagle.modeling.generation import last_logits_kwargs
 from nemo_eagle.modeling.lm_io import cache_kwargs
 from nemo_eagle.serve.engine.kv_cache import CacheShape, SlotKVCache
 from nemo_eagle.serve.engine.vision_cache import VisionCache
@@ -184,12 +184,3 @@ class _StaticStep:
         self.graph.replay()
         return self.logits[:n]
 
-
-def sample_rows(logits: Tensor, configs: Sequence[GenerationConfig], generators: Sequence[Any]) -> list[int]:
-    """Next token per row, each with its own sampling settings and random generator (so a seeded request draws
-    the same numbers whatever it runs with). Greedy rows share one argmax."""
-    greedy = logits.argmax(dim=-1).tolist()
-    out = []
-    for r, (cfg, gen) in enumerate(zip(configs, generators)):
-        out.append(greedy[r] if not cfg.do_sample else int(sample_next(logits[r:r + 1], cfg, gen)[0]))
-    return out

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from nemo_eagle.modeling.detokenizer import Detokenizer
-from nemo_eagle.modeling.generation import GenerationConfig
-from nemo_eagle.serve.engine.runner import ModelRunner, sample_rows
+from nemo_eagle.serve.engine.runner import ModelRunner
+from nemo_eagle.serve.engine.sampling import LogprobEntry, TokenSampler, sample_rows
 from nemo_eagle.serve.engine.wire import EngineError, GenerationEvent, GenerationJob
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ class Sequence:
     generated: int = 0
     last_token: int = 0
     detok: Detokenizer | None = None
-    cfg: GenerationConfig | None = None
-    generator: torch.Generator | None = None
+    sampler: TokenSampler | None = None
+    logprobs: list[LogprobEntry] = field(default_factory=list)  # not yet sent
     started: bool = False
     held: str = ""
     checked: float = 0.0
@@ -192,6 +192,7 @@ class Scheduler:
     def _prepare(self, job: GenerationJob) -> Any:
         """In a worker: the job's inputs, and its prompt embeddings (images through the vision cache or tower)."""
         prep = self.engine.prepare(job)
+        prep.sampler = self.engine.sampler(job, prep)  # compiles its grammar, if any, here and not in the loop
         if prep.prompt_tokens + job.max_new_tokens <= self.max_len:
             feats = self.runner.image_features(prep.pixels, prep.image_keys)
             prep.embeds = self.runner.embed(prep.input_ids, feats)
@@ -243,11 +244,7 @@ class Scheduler:
             seq.slot = cache.allocate()
             job, prep = seq.job, seq.prepared
             seq.embeds, prep.embeds = prep.embeds, None
-            eos = self.tokenizer.eos_token_id
-            seq.cfg = GenerationConfig(max_new_tokens=job.max_new_tokens, do_sample=job.temperature > 0,
-                                       temperature=job.temperature or 1.0, top_p=job.top_p, eos_token_id=eos,
-                                       seed=job.seed)
-            seq.generator = torch.Generator().manual_seed(job.seed) if job.seed is not None else None
+            seq.sampler, prep.sampler = prep.sampler, None
             seq.detok = Detokenizer(self.tokenizer, job.stop)
             self.prefilling.append(seq)
 
@@ -266,9 +263,9 @@ class Scheduler:
                 break
             self.prefilling.remove(seq)
             seq.embeds = None
-            token = sample_rows(logits[None], [seq.cfg], [seq.generator])[0]
+            token, logprob = sample_rows(logits[None], [seq.sampler])[0]
             self.decoding.append(seq)
-            self._emit_token(seq, token)
+            self._emit_token(seq, token, logprob)
         return worked
 
     def _decode_step(self) -> bool:
@@ -280,15 +277,17 @@ class Scheduler:
         logits = self.runner.decode([q.slot for q in rows], tokens, lengths)
         for q in rows:
             q.pos += 1
-        nxt = sample_rows(logits, [q.cfg for q in rows], [q.generator for q in rows])
+        nxt = sample_rows(logits, [q.sampler for q in rows])
         self.stats.steps += 1
-        for q, token in zip(rows, nxt):
-            self._emit_token(q, token)
+        for q, (token, logprob) in zip(rows, nxt):
+            self._emit_token(q, token, logprob)
         return True
 
     # ------------------------------------------------------------------------------------------ events
-    def _emit_token(self, seq: Sequence, token: int) -> None:
+    def _emit_token(self, seq: Sequence, token: int, logprob: LogprobEntry | None = None) -> None:
         seq.generated += 1
+        if logprob is not None and token != self.tokenizer.eos_token_id:
+            seq.logprobs.append(logprob)
         seq.last_token = token
         self.stats.generated_tokens += 1
         if token == self.tokenizer.eos_token_id:
@@ -310,6 +309,8 @@ class Scheduler:
             kw.update(prompt_tokens=seq.prepared.prompt_tokens, tiling=seq.prepared.tiling,
                       batch_size=len(self.decoding) + (0 if seq in self.decoding else 1))
         text, seq.held = seq.held + text, ""
+        if seq.logprobs:
+            kw["logprobs"], seq.logprobs = seq.logprobs, []
         seq.sink(GenerationEvent(text=text, finish_reason=finish_reason, completion_tokens=seq.generated, **kw))
 
     def _finish(self, seq: Sequence, reason: str, text: str = "", **extra: Any) -> None:

@@ -32,6 +32,15 @@ class GenerationJob:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
+    # logits processing, structured output and log-probabilities (engine/sampling.py)
+    top_k: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[str, float] | None = None  # token id (as a JSON key) -> bias added to its logit
+    min_tokens: int = 0
+    logprobs: int | None = None  # None: none; k: the chosen token's log-probability and the k most likely ones
+    guide: dict[str, Any] | None = None  # structured output: json_schema | json_object | regex | choice
     stop: list[str] = field(default_factory=list)
     stream: bool = True  # False: only the first and the last event (less traffic for non-streaming requests)
     tiling: list[dict[str, Any]] | None = None  # the front's plan per image (TilePlan.to_dict); applied as sent
@@ -68,6 +77,7 @@ class GenerationEvent:
     batch_size: int | None = None
     tiling: list[dict[str, Any]] | None = None
     error: dict[str, Any] | None = None
+    logprobs: list[list] | None = None  # per token of this event: [id, logprob, [[top id, logprob], ...]]
 
     def to_json(self) -> bytes:
         return json.dumps({k: v for k, v in asdict(self).items() if v not in (None, "")}).encode()
