@@ -139,7 +139,7 @@ class TokenSampler:
     def process(self, logits: Tensor) -> Tensor:
         """(V,) model logits -> (V,) float32 logits of the distribution this sequence's next token is drawn from."""
         p = self.params
-        x = logits.float().clone()
+        x = logits.detach().float().clone()
         if self.matcher is not None:
             import llguidance.torch as lt
 
