@@ -141,11 +141,7 @@ class TokenSampler:
         p = self.params
         x = logits.detach().float().clone()
         if self.matcher is not None:
-            import llguidance.torch as lt
-
-            mask = lt.allocate_token_bitmask(1, x.shape[-1])
-            lt.fill_next_token_bitmask(self.matcher, mask, 0)
-            lt.apply_token_bitmask_inplace(x[None], mask.to(x.device))
+            x = x.masked_fill(~self.allowed(x.shape[-1]).to(x.device), float("-inf"))
         if len(self.output) < p.min_tokens and self.eos < x.shape[-1]:
             if bool(torch.isfinite(torch.cat([x[:self.eos], x[self.eos + 1:]])).any()):  # the grammar may need it
                 x[self.eos] = float("-inf")
@@ -166,6 +162,16 @@ class TokenSampler:
         if p.temperature == 0:
             return x
         return warp(x[None], p.temperature, p.top_k, p.top_p)[0]
+
+    def allowed(self, vocab: int) -> Tensor:
+        """(vocab,) bool: the tokens the grammar allows next (llguidance's bitmask, one bit per token, unpacked
+        here: ``llguidance.torch`` would import torch.compile's machinery for a one-line masked fill)."""
+        bits = torch.frombuffer(bytearray(self.matcher.compute_bitmask()), dtype=torch.uint8)
+        unpacked = ((bits[:, None] >> torch.arange(8, dtype=torch.uint8)) & 1).flatten().bool()
+        out = torch.zeros(vocab, dtype=torch.bool)
+        n = min(vocab, unpacked.numel())
+        out[:n] = unpacked[:n]
+        return out
 
     def choose(self, logits: Tensor) -> tuple[int, LogprobEntry | None]:
         """(V,) model logits -> the next token and, when asked, its log-probability record; the token is accepted."""

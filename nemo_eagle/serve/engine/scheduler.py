@@ -261,9 +261,9 @@ class Scheduler:
             seq.pos, worked = end, True
             if end < total:
                 break
-            self.prefilling.remove(seq)
-            seq.embeds = None
             token, logprob = sample_rows(logits[None], [seq.sampler])[0]
+            self.prefilling.remove(seq)  # after sampling: a failure there leaves it where _fail_all finds it
+            seq.embeds = None
             self.decoding.append(seq)
             self._emit_token(seq, token, logprob)
         return worked
