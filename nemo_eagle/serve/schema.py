@@ -163,7 +163,7 @@ class SamplingFields(_Strict):
                                            "token already generated (OpenAI's definition)")
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="times the number of times a token "
                                             "was generated, subtracted from its logit (OpenAI's definition)")
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0, description="vLLM extra (CTRL / transformers): "
+    repetition_penalty: float | None = Field(None, ge=0.01, le=10.0, description="vLLM extra (CTRL / transformers): "
                                              "logits of prompt and generated tokens divided (if > 0) or multiplied")
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(
         None, description="token id -> bias in [-100, 100] added to its logit")

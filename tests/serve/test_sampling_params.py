@@ -235,3 +235,14 @@ def test_unsupported_or_bad_parameters_are_400_naming_them(client, param):
     # the neutral values of unsupported parameters are served
     assert chat(client, max_tokens=2, tools=[] if param == "tools" else openai.NOT_GIVEN,
                 extra_body={"use_beam_search": False, "best_of": 1, "min_p": 0.0}).choices
+
+
+def test_edge_values_are_served_or_refused_never_a_server_error(client):
+    """Cases a fuzzer found: a choice that is only the end of turn, a penalty that rounds to 0 in float32."""
+    r = chat(client, extra_body={"guided_choice": [""], "repetition_penalty": 0.01})
+    assert (r.choices[0].message.content, r.choices[0].finish_reason) == ("", "stop")
+    r = chat(client, extra_body={"guided_regex": "[a-c]{4}", "repetition_penalty": 0.01}, top_p=5e-324)
+    assert len(r.choices[0].message.content) == 4
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, extra_body={"repetition_penalty": 5e-324})
+    assert e.value.param == "repetition_penalty"

@@ -159,9 +159,17 @@ class TokenSampler:
         if (p.frequency_penalty or p.presence_penalty) and self.output:
             counts = torch.bincount(torch.tensor(self.output), minlength=x.shape[-1])[:x.shape[-1]].to(x)
             x -= counts * p.frequency_penalty + (counts > 0).to(x) * p.presence_penalty
-        if p.temperature == 0:
-            return x
-        return warp(x[None], p.temperature, p.top_k, p.top_p)[0]
+        if p.temperature != 0:
+            x = warp(x[None], p.temperature, p.top_k, p.top_p)[0]
+        return self._sane(x)
+
+    def _sane(self, x: Tensor) -> Tensor:
+        """No NaN, and at least one finite logit: when every token is excluded, the end of turn."""
+        x = torch.nan_to_num(x, nan=float("-inf"))
+        if not bool(torch.isfinite(x).any()):
+            x = torch.full_like(x, float("-inf"))
+            x[self.eos] = 0.0
+        return x
 
     def allowed(self, vocab: int) -> Tensor:
         """(vocab,) bool: the tokens the grammar allows next (llguidance's bitmask, one bit per token, unpacked
