@@ -246,3 +246,24 @@ def test_edge_values_are_served_or_refused_never_a_server_error(client):
     with pytest.raises(openai.BadRequestError) as e:
         chat(client, extra_body={"repetition_penalty": 5e-324})
     assert e.value.param == "repetition_penalty"
+
+
+def test_a_sampling_failure_ends_only_its_own_request(client, monkeypatch):
+    from nemo_eagle.serve.engine.sampling import TokenSampler
+
+    choose = TokenSampler.choose
+
+    def broken(self, logits):
+        if self.params.presence_penalty == 1.25:  # the marked request
+            raise RuntimeError("injected")
+        return choose(self, logits)
+
+    monkeypatch.setattr(TokenSampler, "choose", broken)
+    other = chat(client, max_tokens=800, stream=True, logprobs=True, extra_body={"min_tokens": 800})
+    chunks = [next(iter(other))]
+    with pytest.raises(openai.APIStatusError) as e:
+        chat(client, presence_penalty=1.25)
+    assert e.value.status_code >= 500 and "injected" in str(e.value.body)
+    chunks += list(other)  # the neighbour runs to its end (an error event would raise here)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert sum(len(c.choices[0].logprobs.content) for c in chunks if c.choices and c.choices[0].logprobs) == 800

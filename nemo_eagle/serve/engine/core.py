@@ -350,6 +350,11 @@ class Engine:
                         continue
                     token = int(nxt[r])
                     counts[r] += 1
+                    if samplers[r].failed:  # that row only: its neighbours go on
+                        active[r] = False
+                        err = EngineError(samplers[r].failed, status=500, code="internal_error").to_dict()
+                        out.append((i, GenerationEvent(finish_reason="error", completion_tokens=counts[r], error=err)))
+                        continue
                     if picked[0][r][1] is not None and token != eos:
                         logprobs[r].append(picked[0][r][1])
                     if token == eos:

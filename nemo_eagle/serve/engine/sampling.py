@@ -17,6 +17,7 @@ depend on what it is batched with. Structured output uses llguidance (see the RE
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from torch import Tensor
 
 from nemo_eagle.modeling.generation import draw, warp
 from nemo_eagle.serve.engine.wire import EngineError, GenerationJob
+
+log = logging.getLogger(__name__)
 
 GREEDY_BELOW = 1e-5  # a temperature under this is greedy (dividing by it overflows float32); vLLM uses the same
 EXCLUDED_LOGPROB = -9999.0
@@ -128,6 +131,7 @@ class TokenSampler:
         self.prompt_ids = list(prompt_ids) if params.repetition_penalty != 1.0 else []
         self.output: list[int] = []
         self._bias: Tensor | None = None
+        self.failed: str | None = None  # why this sequence's sampling broke (its job ends with an error)
 
     @property
     def plain_greedy(self) -> bool:
@@ -228,6 +232,15 @@ def sample_rows(logits: Tensor, samplers: Sequence[TokenSampler]) -> list[tuple[
         samplers[r].accept(token)
         out[r] = (token, None)
     for r, s in enumerate(samplers):
-        if not s.plain_greedy:
+        if s.plain_greedy:
+            continue
+        if s.failed:
+            out[r] = (s.eos, None)
+            continue
+        try:
             out[r] = s.choose(logits[r])
+        except Exception as e:  # a bug in one sequence's sampling ends that sequence, not its neighbours
+            log.exception("sampling failed for one sequence")
+            s.failed = f"sampling failed: {type(e).__name__}: {e}"
+            out[r] = (s.eos, None)
     return out

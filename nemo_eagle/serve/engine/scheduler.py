@@ -290,6 +290,10 @@ class Scheduler:
             seq.logprobs.append(logprob)
         seq.last_token = token
         self.stats.generated_tokens += 1
+        if seq.sampler.failed:
+            self._finish(seq, "error", error=EngineError(seq.sampler.failed, status=500,
+                                                         code="internal_error").to_dict())
+            return
         if token == self.tokenizer.eos_token_id:
             self._finish(seq, "stop", seq.detok.flush())
             return
