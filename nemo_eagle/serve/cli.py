@@ -120,7 +120,8 @@ def run(settings: ServeSettings) -> int:
     t0 = time.perf_counter()
     try:
         if settings.backend == "triton":
-            from nemo_eagle.serve.triton import TritonServer, remove_orphaned_shm
+            from nemo_eagle.serve.supervisor import remove_orphaned_shm
+            from nemo_eagle.serve.triton import TritonServer
 
             remove_orphaned_shm()
             triton = TritonServer(settings, str(local))

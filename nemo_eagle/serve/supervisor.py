@@ -19,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import glob
 import logging
+import os
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "nemo_eagle_"  # + the front's pid + a random part: several servers on one machine never collide
 RESTART_WINDOW_S = 600.0
 EXIT_BACKEND_FAILED = 3
 
@@ -64,6 +69,79 @@ def check_ports(settings: ServeSettings) -> None:
         check_port(settings.triton_address, settings.triton_grpc_port, "--triton-grpc-port")
         check_port("127.0.0.1", settings.triton_http_port, "--triton-http-port")
         check_port(settings.triton_address, settings.triton_metrics_port, "--triton-metrics-port")
+
+
+def _pid_alive(pid: int) -> bool:
+    """True for a running process (a zombie, dead but not yet reaped, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
+def child_pids(pid: int, name: str) -> list[int]:
+    """Pids of the live children of ``pid`` whose command name is ``name`` (from /proc)."""
+    out = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat, "rb") as f:
+                comm_end = (raw := f.read()).rindex(b")")
+            comm, rest = raw[raw.index(b"(") + 1:comm_end].decode(errors="replace"), raw[comm_end + 2:].split()
+        except (OSError, ValueError):
+            continue
+        if int(rest[1]) == pid and name.startswith(comm) and rest[0] not in (b"Z", b"X"):
+            out.append(int(stat.split("/")[2]))
+    return out
+
+
+def remove_shm(prefix: str) -> list[str]:
+    """Delete the shared-memory regions whose names start with ``prefix``; return their names."""
+    gone = []
+    for path in glob.glob(os.path.join(SHM_DIR, glob.escape(prefix) + "*")):
+        try:
+            os.unlink(path)
+            gone.append(os.path.basename(path))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("could not remove shared-memory region %s: %s", path, e)
+    return gone
+
+
+def remove_orphaned_shm() -> None:
+    """Regions left by earlier servers that were killed outright (their pid is in the name and no longer runs)."""
+    for path in glob.glob(os.path.join(SHM_DIR, SHM_PREFIX + "*")):
+        m = re.match(re.escape(SHM_PREFIX) + r"(\d+)_", os.path.basename(path))
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            try:
+                os.unlink(path)
+                log.info("removed shared-memory region %s left by a server that no longer runs", path)
+            except OSError:
+                pass
+
+
+def listening_pids(port: int) -> set[int]:
+    """Pids holding a listening TCP socket on ``port`` (from /proc; only processes we may inspect)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{cols[9]}]")
+    pids = set()
+    for fd in glob.glob("/proc/[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd) in inodes:
+                pids.add(int(fd.split("/")[2]))
+        except OSError:
+            continue
+    return pids
 
 
 class Supervisor:

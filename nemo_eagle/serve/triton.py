@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import glob
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from nemo_eagle.serve.backends import INPUT_IMAGES, INPUT_REQUEST, OUTPUT_EVENT, TRITON_MODEL_NAME
 from nemo_eagle.serve.settings import ServeSettings
+from nemo_eagle.serve.supervisor import SHM_PREFIX, _pid_alive, child_pids, listening_pids, remove_shm
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,6 @@ MODEL_PY = '''"""Triton entry point; the model is nemo_eagle.serve.triton_model 
 from nemo_eagle.serve.triton_model import TritonPythonModel  # noqa: F401
 '''
 PR_SET_PDEATHSIG = 1
-SHM_DIR = "/dev/shm"
-SHM_PREFIX = "nemo_eagle_"  # + the front's pid + a random part: several servers on one machine never collide
 STUB_NAME = "triton_python_backend_stub"
 # Every protocol group tritonserver can restrict: without the front's secret header a caller gets nothing at all.
 RESTRICTED_PROTOCOLS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository",
@@ -47,56 +45,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _pid_alive(pid: int) -> bool:
-    """True for a running process (a zombie, dead but not yet reaped, is not)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
-
-
-def child_pids(pid: int, name: str) -> list[int]:
-    """Pids of the live children of ``pid`` whose command name is ``name`` (from /proc)."""
-    out = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat, "rb") as f:
-                comm_end = (raw := f.read()).rindex(b")")
-            comm, rest = raw[raw.index(b"(") + 1:comm_end].decode(errors="replace"), raw[comm_end + 2:].split()
-        except (OSError, ValueError):
-            continue
-        if int(rest[1]) == pid and name.startswith(comm) and rest[0] not in (b"Z", b"X"):
-            out.append(int(stat.split("/")[2]))
-    return out
-
-
-def remove_shm(prefix: str) -> list[str]:
-    """Delete the shared-memory regions whose names start with ``prefix``; return their names."""
-    gone = []
-    for path in glob.glob(os.path.join(SHM_DIR, glob.escape(prefix) + "*")):
-        try:
-            os.unlink(path)
-            gone.append(os.path.basename(path))
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.warning("could not remove shared-memory region %s: %s", path, e)
-    return gone
-
-
-def remove_orphaned_shm() -> None:
-    """Regions left by earlier servers that were killed outright (their pid is in the name and no longer runs)."""
-    for path in glob.glob(os.path.join(SHM_DIR, SHM_PREFIX + "*")):
-        m = re.match(re.escape(SHM_PREFIX) + r"(\d+)_", os.path.basename(path))
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            try:
-                os.unlink(path)
-                log.info("removed shared-memory region %s left by a server that no longer runs", path)
-            except OSError:
-                pass
 
 
 def _pbtxt_str(value: str) -> str:
@@ -327,6 +275,7 @@ class TritonServer:
                                        f"model; last log lines:\n{self.tail()}")
                 try:
                     if client.is_model_ready(TRITON_MODEL_NAME, headers=self.headers):
+                        self._check_owns_ports()
                         self.stubs = child_pids(self.process.pid, STUB_NAME)
                         log.info("Triton model %r ready (tritonserver pid %d, model stub pid(s) %s)",
                                  TRITON_MODEL_NAME, self.process.pid, self.stubs or "not found")
@@ -340,6 +289,13 @@ class TritonServer:
         finally:
             client.close()
         raise RuntimeError(f"Triton did not get ready within {timeout:.0f}s; last log lines:\n{self.tail()}")
+
+    def _check_owns_ports(self) -> None:
+        """The ports we talk to are held by our tritonserver (never serve through someone else's)."""
+        for flag, port in (("--triton-grpc-port", self.ports.grpc), ("--triton-http-port", self.ports.http)):
+            if self.process.pid not in (holders := listening_pids(port)):
+                raise RuntimeError(f"port {port} ({flag}) is held by {sorted(holders) or 'another process'}, not by "
+                                   f"our tritonserver (pid {self.process.pid}); pass another {flag}")
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(list(self.logs)[-n:])

@@ -12,7 +12,7 @@ import sys
 import pytest
 from serve_helpers import REPO, free_port
 
-from nemo_eagle.serve.triton import SHM_PREFIX, remove_orphaned_shm
+from nemo_eagle.serve.supervisor import SHM_PREFIX, remove_orphaned_shm
 
 
 @pytest.mark.parametrize("flag", ["--port", "--triton-grpc-port", "--triton-http-port", "--triton-metrics-port"])
@@ -49,3 +49,25 @@ def test_orphaned_shared_memory_of_dead_servers_is_removed(tmp_path):
         for path in (orphan, live):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def test_a_port_held_by_another_process_is_not_taken_for_ours():
+    """After Triton is ready, its gRPC and HTTP ports must be held by our tritonserver: a port someone else
+    listens on (here this test process) is an error naming the flag."""
+    from nemo_eagle.serve.settings import ServeSettings
+    from nemo_eagle.serve.supervisor import listening_pids
+    from nemo_eagle.serve.triton import TritonServer
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert listening_pids(port) == {os.getpid()}
+        server = TritonServer(ServeSettings(triton_grpc_port=port, triton_http_port=0, triton_metrics_port=0), "m")
+        server.process = subprocess.Popen(["sleep", "30"])
+        try:
+            with pytest.raises(RuntimeError, match=rf"port {port} \(--triton-grpc-port\) is held by \[{os.getpid()}\]"):
+                server._check_owns_ports()
+        finally:
+            server.process.kill()
+            server.process.wait()
