@@ -135,12 +135,13 @@ class TritonBackend:
     def _failure(self, e: BaseException) -> BackendError:
         """A gRPC failure as the client sees it: 503, without Triton's internal addresses."""
         log.warning("Triton call failed: %s", e)
-        sup = self.supervisor
-        if sup is not None and not sup.healthy() or self.server is not None and not self.server.is_alive():
+        sup, code = self.supervisor, getattr(e, "code", None)
+        status = code().name if callable(code) else type(e).__name__
+        # UNAVAILABLE: the connection to tritonserver is gone (it died, maybe a moment before its exit is visible)
+        if status == "UNAVAILABLE" or sup is not None and not sup.healthy() or (
+                self.server is not None and not self.server.is_alive()):
             return BackendUnavailable("the model backend went down during the request; retry in a few seconds",
                                       getattr(sup, "retry_after", 1))
-        code = getattr(e, "code", None)
-        status = code().name if callable(code) else type(e).__name__
         return BackendError(f"the model backend failed ({status})")
 
     async def is_ready(self) -> bool:

@@ -131,6 +131,8 @@ def test_gives_up_past_the_restart_limit_and_exits_non_zero(server):
     """Last in this module: with --backend-max-restarts 2, the third outage ends the server with exit code 3 (the
     stub is killed until then, so this holds whichever tests ran before)."""
     for _ in range(3):
+        wait_for(lambda: True if httpx.get(server.base + "/v1/health/ready").status_code == 200 else None, 180,
+                 "backend not ready", server)
         restarts = server.logs().count("ready again")
         triton, stub = triton_pids(server)
         prefix = shm_prefix(triton)
