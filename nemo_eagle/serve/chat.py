@@ -371,30 +371,11 @@ async def _sse(st: ServeState, req: ChatCompletionRequest, cid: str, streams: li
                 yield out
         live = [s for s, ev in zip(streams, firsts) if ev.finish_reason is None]
         index = [i for i, ev in enumerate(firsts) if ev.finish_reason is None]
-        # A stream that cannot finish (the model failed, the backend went down, the drain timeout passed) ends with
-        # an error event and [DONE], never by a cut connection.
-        from nemo_eagle.serve.backends import BackendError, BackendUnavailable
-
-        err = None
-        try:
-            async with aclosing(_merged(live)) as merged:
-                async for k, ev in merged:
-                    if ev.finish_reason == "error":
-                        err = {"message": (ev.error or {}).get("message", "generation failed"), "type": "server_error",
-                               "code": (ev.error or {}).get("code")}
-                        break
-                    if (out := piece(index[k], ev)) is not None:
-                        yield out
-                    if st.drain_expired:
-                        err = {"message": "the server is shutting down: the drain timeout ended this stream",
-                               "type": "service_unavailable", "code": "draining"}
-                        break
-        except BackendError as e:
-            log.error("stream %s ended by a backend failure: %s", cid, e)
-            err = {"message": str(e), "type": "service_unavailable" if isinstance(e, BackendUnavailable) else
-                   "server_error", "code": e.code if isinstance(e, BackendUnavailable) else "backend_error"}
-        if err is not None:
-            yield b"data: " + json.dumps({"error": err}).encode() + b"\n\n"
+        async for item in stream_events(st, cid, live):
+            if isinstance(item, bytes):  # the error event
+                yield item
+            elif (out := piece(index[item[0]], item[1])) is not None:
+                yield out
         if req.stream_options is not None and req.stream_options.include_usage:
             yield _chunk(cid, created, model, [], usage=completion.usage)
         yield b"data: [DONE]\n\n"
@@ -402,6 +383,34 @@ async def _sse(st: ServeState, req: ChatCompletionRequest, cid: str, streams: li
         _log_request(st, cid, None, completion, started)
     finally:
         await _close_all(streams)
+
+
+async def stream_events(st: ServeState, cid: str, live: list) -> AsyncIterator[tuple[int, GenerationEvent] | bytes]:
+    """The events of a stream's live jobs, tagged with their index. A stream that cannot finish (the model failed,
+    the backend went down, the drain timeout passed) gets its error event (bytes) last, so it still ends with
+    ``[DONE]`` instead of a cut connection."""
+    from nemo_eagle.serve.backends import BackendError, BackendUnavailable
+
+    err = None
+    try:
+        async with aclosing(_merged(live)) as merged:
+            async for k, ev in merged:
+                if ev.finish_reason == "error":
+                    err = {"message": (ev.error or {}).get("message", "generation failed"), "type": "server_error",
+                           "code": (ev.error or {}).get("code")}
+                    break
+                yield k, ev
+                if st.drain_expired:
+                    err = {"message": "the server is shutting down: the drain timeout ended this stream",
+                           "type": "service_unavailable", "code": "draining"}
+                    break
+    except BackendError as e:
+        log.error("stream %s ended by a backend failure: %s", cid, e)
+        unavailable = isinstance(e, BackendUnavailable)
+        err = {"message": str(e), "type": "service_unavailable" if unavailable else "server_error",
+               "code": e.code if unavailable else "backend_error"}
+    if err is not None:
+        yield b"data: " + json.dumps({"error": err}).encode() + b"\n\n"
 
 
 def _log_request(st: ServeState, cid: str, plan: RequestPlan | None, completion: Completion, started: float) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,11 +26,11 @@ from nemo_eagle.serve.chat import (
     _close_all,
     _collect,
     _log_request,
-    _merged,
     _tracked,
     _until_disconnect,
     admission,
     first_events,
+    stream_events,
 )
 from nemo_eagle.serve.engine import RESERVED_MARKUP, EngineError, GenerationEvent, GenerationJob, RequestPlan
 from nemo_eagle.serve.limits import check_completion_tokens, completion_cap, text_limit
@@ -175,13 +174,10 @@ async def _sse(st: ServeState, req: CompletionRequest, cid: str, streams: list, 
                 yield out
         live = [s for s, ev in zip(streams, firsts) if ev.finish_reason is None]
         index = [k for k, ev in enumerate(firsts) if ev.finish_reason is None]
-        async for j, ev in _merged(live):
-            if ev.finish_reason == "error":
-                err = {"error": {"message": (ev.error or {}).get("message", "generation failed"),
-                                 "type": "server_error", "code": (ev.error or {}).get("code")}}
-                yield b"data: " + json.dumps(err).encode() + b"\n\n"
-                break
-            if (out := piece(index[j], ev)) is not None:
+        async for item in stream_events(st, cid, live):  # the error event last if the stream cannot finish
+            if isinstance(item, bytes):
+                yield item
+            elif (out := piece(index[item[0]], item[1])) is not None:
                 yield out
         if req.stream_options is not None and req.stream_options.include_usage:
             yield _chunk(cid, created, model, [], usage=completion.usage)

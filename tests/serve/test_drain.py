@@ -36,15 +36,20 @@ def test_drain_answers_503_and_ends_long_streams_with_an_error_event(tiny_ckpt, 
             with httpx.stream("POST", server.base + "/v1/chat/completions", json=body, timeout=120) as resp:
                 results["stream"] = [line for line in resp.iter_lines() if line]
 
+        def text_stream():  # /v1/completions streams end the same way
+            body = {"model": MODEL, "prompt": "stream", "max_tokens": LONG, "stream": True}
+            with httpx.stream("POST", server.base + "/v1/completions", json=body, timeout=120) as resp:
+                results["text_stream"] = [line for line in resp.iter_lines() if line]
+
         def blocking():
             body = {"model": MODEL, "messages": [{"role": "user", "content": "block"}], "max_tokens": LONG}
             results["plain"] = httpx.post(server.base + "/v1/chat/completions", json=body, timeout=120)
 
-        threads = [threading.Thread(target=streaming), threading.Thread(target=blocking)]
+        threads = [threading.Thread(target=f) for f in (streaming, text_stream, blocking)]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 60
-        while metric_value(httpx.get(server.base + "/v1/metrics").text, "nemo_eagle_queue_depth") < 2:
+        while metric_value(httpx.get(server.base + "/v1/metrics").text, "nemo_eagle_queue_depth") < 3:
             assert time.monotonic() < deadline and not results, f"never in flight together: {results}"
             time.sleep(0.02)
         server.proc.send_signal(signal.SIGTERM)
@@ -69,16 +74,16 @@ def test_drain_answers_503_and_ends_long_streams_with_an_error_event(tiny_ckpt, 
         assert r.json()["error"] == {"message": "the server is shutting down; retry on another instance",
                                      "type": "service_unavailable", "param": None, "code": "draining"}
         assert int(r.headers["retry-after"]) >= 1
-    events = results["stream"]
-    assert events[-1] == "data: [DONE]", events[-3:]
-    err = json.loads(events[-2][6:])["error"]
-    assert err["code"] == "draining" and err["type"] == "service_unavailable", err
-    finish = [c.get("finish_reason") for e in events[:-2] for c in json.loads(e[6:])["choices"]]
-    assert not any(finish), "the stream had finished on its own: the test proves nothing"
+    for events in (results["stream"], results["text_stream"]):
+        assert events[-1] == "data: [DONE]", events[-3:]
+        err = json.loads(events[-2][6:])["error"]
+        assert err["code"] == "draining" and err["type"] == "service_unavailable", err
+        finish = [c.get("finish_reason") for e in events[:-2] for c in json.loads(e[6:])["choices"]]
+        assert not any(finish), "the stream had finished on its own: the test proves nothing"
     plain = results["plain"]
     assert plain.status_code == 503, plain.text
     assert plain.json()["error"]["code"] == "draining" and "drain timeout" in plain.json()["error"]["message"]
     assert code == 0, logs[-3000:]
-    assert "drain timeout: ending the 2 request(s) still in flight" in logs
+    assert "drain timeout: ending the 3 request(s) still in flight" in logs
     assert "tritonserver stopped" in logs
     assert not any(n.startswith(prefix) for n in os.listdir("/dev/shm"))
