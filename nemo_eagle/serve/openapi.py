@@ -95,17 +95,20 @@ def build_openapi(app: FastAPI, st: Any) -> dict[str, Any]:
         for name, sub in extra.pop("$defs", {}).items():
             schemas.setdefault(name, sub)
         schemas.setdefault(model.__name__, extra)
+    cap, chars = completion_cap(s, st.engine.max_model_len), text_limit(s, st.engine.tokenizer, st.engine.max_model_len)
+    fits = f"; prompt tokens plus this must also fit the context of {st.engine.max_model_len} tokens"
     if "ChatCompletionRequest" in schemas:
         chat = schemas["ChatCompletionRequest"]
         _limit(chat, "max_tiles", "integer", maximum=s.max_tiles or t.max_tiles)
-        _limit(chat, "messages", "array", maxItems=s.max_messages, description=(
-            f"at most {s.max_messages} messages and {text_limit(s, st.engine.tokenizer, st.engine.max_model_len)} "
-            "characters of text in all"))
-        cap = completion_cap(s, st.engine.max_model_len)
+        _limit(chat, "messages", "array", maxItems=s.max_messages,
+               description=f"at most {s.max_messages} messages and {chars} characters of text in all")
         for name in ("max_tokens", "max_completion_tokens"):
-            _limit(chat, name, "integer", maximum=cap, description=f"at most {cap}; prompt tokens (image tokens "
-                   f"included) plus this must also fit the context of {st.engine.max_model_len} tokens "
-                   "(max_completion_tokens wins over max_tokens)")
+            _limit(chat, name, "integer", maximum=cap, description=f"at most {cap}{fits} (image tokens included; "
+                   "max_completion_tokens wins over max_tokens)")
+    if "CompletionRequest" in schemas:
+        text = schemas["CompletionRequest"]
+        _limit(text, "max_tokens", "integer", maximum=cap, description=f"at most {cap}{fits}; 16 when not given")
+        text["properties"]["prompt"]["description"] = f"one prompt or a list; at most {chars} characters in all"
     if "ImageURL" in schemas:  # the fetcher refuses other schemes, and http(s) without an allow-list
         url = schemas["ImageURL"]["properties"]["url"]
         data = "data:[^,]*;base64[^,]*,"

@@ -236,7 +236,9 @@ async def test_declared_limits_are_the_enforced_ones(engine):
     messages = props["messages"]["maxItems"]
     tokens = {name: branch(props[name], "integer")["maximum"] for name in ("max_tokens", "max_completion_tokens")}
     assert (stops, n_max, tiles, inputs["maxItems"], passages["maxItems"], messages) == (4, 16, 2, 3, 3, 5)
-    assert tokens == {"max_tokens": 64, "max_completion_tokens": 64}
+    tokens["completions"] = branch(doc["components"]["schemas"]["CompletionRequest"]["properties"]["max_tokens"],
+                                   "integer")["maximum"]
+    assert tokens == {"max_tokens": 64, "max_completion_tokens": 64, "completions": 64}
     assert props["messages"]["minItems"] == 1 and inputs["minItems"] == 1 and passages["minItems"] == 1
     assert branch(props["stop"], "string")["minLength"] == 1
     text = branch(doc["components"]["schemas"]["EmbeddingRequest"]["properties"]["input"], "string")
@@ -258,6 +260,8 @@ async def test_declared_limits_are_the_enforced_ones(engine):
          {"messages": [{"role": "user", "content": "x"}], "n": n_max + 1}),
         ("/v1/chat/completions", {"messages": img, "max_tiles": tiles}, {"messages": img, "max_tiles": tiles + 1}),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, {"messages": []}),
+        ("/v1/completions", {"prompt": "x", "max_tokens": tokens["completions"]},
+         {"prompt": "x", "max_tokens": tokens["completions"] + 1}),
         ("/v1/embeddings", {"input": ["a"] * inputs["maxItems"]}, {"input": ["a"] * (inputs["maxItems"] + 1)}),
         ("/v1/embeddings", {"input": ["a"]}, {"input": []}),
         ("/v1/embeddings", {"input": [" a "]}, {"input": [" \t"]}),
