@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from serve import png  # noqa: E402 - the same test images as benchmarks/serve.py (this folder is on sys.path)
-
 REPO = Path(__file__).resolve().parents[1]
+# this folder holds a kernels.py that would shadow the `kernels` package transformers probes for
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+
+from benchmarks.serve import png  # noqa: E402 - the same test images as benchmarks/serve.py
+
 TINY = REPO / "tests" / "fixtures" / "tiny-eagle2"
 
 
