@@ -65,6 +65,7 @@ class TritonPythonModel:
             self.families += [family(f"nemo_eagle_engine_{k}", v, family.COUNTER) for k, v in counters.items()]
             self.m_engine = {k: f.Metric(labels=labels) for k, f in zip([*gauges, *counters], self.families[4:])}
             self.m_counted = dict.fromkeys(counters, 0.0)
+            self.m_set: dict[str, int] = {}
             self.m_last = 0.0
             self.scheduler.on_step = self._observe
             self.scheduler.start()
@@ -78,7 +79,9 @@ class TritonPythonModel:
         values = {"waiting": stats.waiting, "preparing": stats.preparing, "running": stats.running,
                   "free_slots": len(self.scheduler.runner.cache.free), "slots": stats.slots}
         for k, v in values.items():
-            self.m_engine[k].set(float(v))
+            if self.m_set.get(k) != v:  # each update is an IPC round trip: only the ones that changed
+                self.m_engine[k].set(float(v))
+                self.m_set[k] = v
         for k in self.m_counted:
             v = float(getattr(stats, k))
             if v > self.m_counted[k]:

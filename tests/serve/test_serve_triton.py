@@ -218,6 +218,11 @@ def test_client_disconnect_cancels_generation(server, stream):
     generated = (metric_value(after, "nemo_eagle_triton_generated_tokens")
                  - metric_value(before, "nemo_eagle_triton_generated_tokens"))
     assert generated < 3000
+    deadline = time.monotonic() + 30  # the cancelled job gave its cache slot back
+    while metric_value(after, "nemo_eagle_engine_free_slots") != metric_value(after, "nemo_eagle_engine_slots"):
+        assert time.monotonic() < deadline, "the cancelled job kept its cache slot"
+        time.sleep(0.2)
+        after = triton_metrics(server)
 
     def front_recorded(text: str) -> bool:
         """The front counts the cancel (and the 499) when its handler returns, just after Triton saw it."""

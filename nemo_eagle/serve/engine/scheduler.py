@@ -76,7 +76,7 @@ class Sequence:
     logprobs: list[LogprobEntry] = field(default_factory=list)  # not yet sent
     started: bool = False
     held: str = ""
-    checked: float = 0.0
+    checked: float = field(default_factory=time.monotonic)  # first asked CANCEL_CHECK_S after submission
     done: bool = False
 
 
