@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from nemo_eagle.serve.engine import EngineError, GenerationEvent, GenerationJob, RequestPlan
 from nemo_eagle.serve.limits import check_completion_tokens, check_messages, completion_cap, text_limit
@@ -202,10 +202,12 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
         return error_response(499, "client disconnected before the answer was complete", code="client_closed_request")
     _log_request(st, cid, plan, completion, started)
     tt = TokenText(st.engine.tokenizer, as_ids=req.return_tokens_as_token_ids)
-    return ChatCompletion(id=cid, model=st.model_name, usage=completion.usage, tiling=completion.tiling, choices=[
+    body = ChatCompletion(id=cid, model=st.model_name, usage=completion.usage, tiling=completion.tiling, choices=[
         Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason,
                logprobs=chat_logprobs(c.logprobs, req.top_logprobs or 0, tt) if req.logprobs else None)
         for i, c in enumerate(completion.choices)])
+    # serialised here by pydantic: returning the model would make FastAPI walk it again with jsonable_encoder
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 # -------------------------------------------------------------------------------------------- streaming

@@ -37,10 +37,14 @@ class ServeState:
     active_jobs: int = 0  # generation jobs submitted to the backend and not finished
     # chat-template rendering and tokenising run here, off the event loop; few threads bound the memory they use
     planner: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="plan"))
+    _model_name: str | None = field(default=None, repr=False)
 
     @property
     def model_name(self) -> str:
-        return self.settings.model_name
+        """``settings.model_name``, worked out once (it may look at the file system)."""
+        if self._model_name is None:
+            self._model_name = self.settings.model_name
+        return self._model_name
 
 
 def error_response(status: int, message: str, *, code: str | None = None, param: str | None = None,
