@@ -79,7 +79,8 @@ class ServeSettings(BaseSettings):
     vision_cache_memory: Annotated[int, NoDecode] = Field(
         256 * 2**20, ge=0, description="bytes (or 256MiB) of vision-tower outputs kept for repeated images "
         "(0: off)")
-    preprocess_workers: int = Field(2, ge=1, description="threads decoding and tiling images while others decode")
+    preprocess_workers: int | None = Field(None, ge=1, description="threads decoding, tiling and encoding images "
+                                           "while others decode (default: half the CPU threads on CPU, 2 on GPU)")
     cuda_graphs: bool = Field(True, description="continuous, GPU only: capture the decode step as one CUDA graph per "
                               "batch-size bucket and replay it")
     license_path: Path | None = Field(

@@ -1,9 +1,10 @@
 """Iteration-level scheduling (continuous batching) over a preallocated slot KV cache.
 
 One thread runs the loop; each iteration:
-1. takes newly submitted jobs and hands their preparation (image decode, tiling, tokenising, the vision tower
-   or the vision cache, the merge into the prompt embeddings) to a worker pool, so a request with many images
-   does not stall the decoding of the others;
+1. takes newly submitted jobs and hands the preparation of those with images (image decode, tiling, tokenising,
+   the vision tower or the vision cache, the merge into the prompt embeddings) to a worker pool, so a request
+   with many images does not stall the decoding of the others; a text-only job is tokenised on the spot (it
+   would otherwise wait behind image work in the pool, and costs less than the hand-off);
 2. admits prepared jobs in arrival order while a cache slot is free (admission control: the others wait, and
    the queue length is reported);
 3. runs prompt chunks of the jobs in prefill, oldest first, up to ``prefill_chunk`` tokens in all, so a long
@@ -58,6 +59,48 @@ class SchedulerStats:
     idle: bool = False  # the last iteration had nothing to do (observers: report now, it may sleep a while)
 
 
+@dataclass
+class CpuThreads:
+    """How the scheduler shares the CPU cores (torch's intra-op threads) between decoding and preprocessing.
+
+    On a CPU both run on the same cores: preprocessing workers running the vision tower with torch's full thread
+    count while the scheduler thread decodes with it too put twice as many OpenMP threads as cores to work, and
+    an OpenMP team that loses a core to the other spins at its barriers. So on CPU the cores are split: each
+    preprocessing worker runs torch with one thread (half the cores get a worker by default) and decoding gets
+    the rest. On a GPU the threads only feed the device and nothing is changed."""
+
+    workers: int
+    worker_threads: int | None  # None: leave torch's setting alone
+    decode_threads: int | None
+    original: int = 0
+
+    @classmethod
+    def plan(cls, device_type: str, workers: int | None, decode_threads: int | None) -> CpuThreads:
+        cores = torch.get_num_threads()
+        if device_type != "cpu":
+            return cls(workers or 2, None, decode_threads, cores)
+        workers = workers or max(1, cores // 2)
+        return cls(workers, 1, decode_threads or max(1, cores - workers), cores)
+
+    def enter_worker(self) -> None:
+        if self.worker_threads is not None:
+            torch.set_num_threads(self.worker_threads)
+
+    def enter_decode(self) -> None:
+        if self.decode_threads is not None:
+            torch.set_num_threads(self.decode_threads)
+
+    def restore(self) -> None:
+        """torch.set_num_threads also sets the count threads started later begin with: put the original back."""
+        if self.worker_threads is not None or self.decode_threads is not None:
+            torch.set_num_threads(self.original)
+
+    def describe(self) -> str:
+        per = f", {self.worker_threads} torch thread(s) each" if self.worker_threads else ""
+        dec = f", decoding on {self.decode_threads} torch thread(s)" if self.decode_threads else ""
+        return f"{self.workers} preprocessing worker(s){per}{dec}"
+
+
 @dataclass(eq=False)
 class Sequence:
     job: GenerationJob
@@ -85,8 +128,8 @@ class Scheduler:
     from the scheduler thread, ending with one event that has a ``finish_reason``."""
 
     def __init__(self, engine: Any, *, kv_cache_memory: int | None = None, max_num_seqs: int | None = 16,
-                 prefill_chunk: int = 512, vision_cache_bytes: int = 256 * 2**20, preprocess_workers: int = 2,
-                 graphs: bool | None = None):
+                 prefill_chunk: int = 512, vision_cache_bytes: int = 256 * 2**20, preprocess_workers: int | None = None,
+                 graphs: bool | None = None, decode_threads: int | None = None):
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.max_len = engine.max_model_len
@@ -96,7 +139,9 @@ class Scheduler:
         self.prefill_chunk = prefill_chunk
         self.inbox: queue.SimpleQueue[Sequence] = queue.SimpleQueue()
         self.wake = threading.Event()
-        self.pool = ThreadPoolExecutor(max(1, preprocess_workers), thread_name_prefix="eagle-preprocess")
+        self.threads = CpuThreads.plan(engine.model.device.type, preprocess_workers, decode_threads)
+        self.pool = ThreadPoolExecutor(self.threads.workers, thread_name_prefix="eagle-preprocess",
+                                       initializer=self.threads.enter_worker)
         self.preparing: list[Sequence] = []
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.prefilling: list[Sequence] = []
@@ -106,9 +151,9 @@ class Scheduler:
         self.thread: threading.Thread | None = None
         self.on_step: Callable[[SchedulerStats], None] | None = None
         log.info("continuous batching: %d cache slots of %d positions (%.1f MiB), prefill chunk %d, vision cache "
-                 "%.0f MiB, %s decode", self.runner.cache.slots, self.max_len, self.runner.cache.nbytes / 2**20,
+                 "%.0f MiB, %s decode, %s", self.runner.cache.slots, self.max_len, self.runner.cache.nbytes / 2**20,
                  prefill_chunk, vision_cache_bytes / 2**20, "fixed-shape (CUDA graphs on GPU)" if self.runner.graphs
-                 else "dynamic")
+                 else "dynamic", self.threads.describe())
 
     # ----------------------------------------------------------------------------------------- control
     def start(self) -> Scheduler:
@@ -134,6 +179,7 @@ class Scheduler:
         if self.thread is not None:
             self.thread.join(timeout)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.threads.restore()
 
     @property
     def busy(self) -> bool:
@@ -141,6 +187,7 @@ class Scheduler:
 
     # -------------------------------------------------------------------------------------------- loop
     def _loop(self) -> None:
+        self.threads.enter_decode()
         while True:
             try:
                 worked = self.iteration()
@@ -185,8 +232,15 @@ class Scheduler:
             except queue.Empty:
                 return
             self.stats.submitted += 1
-            seq.future = self.pool.submit(self._prepare, seq.job)
-            seq.future.add_done_callback(lambda _: self.wake.set())  # admit it as soon as it is ready
+            if seq.job.images:
+                seq.future = self.pool.submit(self._prepare, seq.job)
+                seq.future.add_done_callback(lambda _: self.wake.set())  # admit it as soon as it is ready
+            else:  # text only: tokenising here costs less than a hand-off, and never queues behind image work
+                seq.future = Future()
+                try:
+                    seq.future.set_result(self._prepare(seq.job))
+                except Exception as e:  # noqa: BLE001 - reported by _collect_prepared like a worker's failure
+                    seq.future.set_exception(e)
             self.preparing.append(seq)
 
     def _prepare(self, job: GenerationJob) -> Any:
