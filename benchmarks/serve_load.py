@@ -137,7 +137,8 @@ async def run_load(engine, mode: str, load: list[Request], args) -> dict:
     from nemo_eagle.serve.engine import GenerationJob
 
     opts = {"max_num_seqs": args.max_num_seqs, "prefill_chunk": args.prefill_chunk,
-            "vision_cache_bytes": args.vision_cache_mib * 2**20}
+            "vision_cache_bytes": args.vision_cache_mib * 2**20, "preprocess_workers": args.preprocess_workers,
+            "decode_threads": args.decode_threads}
     backend = LocalBackend(engine, max_batch_size=args.max_num_seqs, scheduler=mode, scheduler_options=opts)
     eos = engine.tokenizer.eos_token_id
     engine.tokenizer.eos_token_id = -1  # every request runs to its drawn length in both engines
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="tiny,mid", help="comma list of tiny (the test fixture) and mid "
                    "(Eagle2-1B shapes with --mid-layers layers)")
     p.add_argument("--requests", type=int, default=64)
-    p.add_argument("--rate", type=float, default=None, help="arrivals per second (default: 8 tiny, 1 mid)")
+    p.add_argument("--rate", type=float, default=None, help="arrivals per second (default: 8 tiny, 2 mid: above what "
+                   "static batching sustains on a 2-core CPU, so the run measures capacity, not the arrival rate)")
     p.add_argument("--min-tokens", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--mid-max-tokens", type=int, default=32, help="--max-tokens for the mid-size model (CPU time)")
@@ -231,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-num-seqs", type=int, default=16, help="continuous: cache slots; static: batch size")
     p.add_argument("--prefill-chunk", type=int, default=512)
     p.add_argument("--vision-cache-mib", type=int, default=256)
+    p.add_argument("--preprocess-workers", type=int, default=None, help="continuous: preprocessing threads "
+                   "(default: the scheduler's choice)")
+    p.add_argument("--decode-threads", type=int, default=None, help="continuous: torch threads of the decode loop "
+                   "(default: the scheduler's choice)")
     p.add_argument("--mid-layers", type=int, default=2)
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--device", default=None)
@@ -252,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 path, model_args.rate = TINY, args.rate or 8.0
             elif name == "mid":
                 path = mid_size_checkpoint(tmp / "mid", args.mid_layers)
-                model_args.rate, model_args.max_tokens = args.rate or 1.0, min(args.max_tokens, args.mid_max_tokens)
+                model_args.rate, model_args.max_tokens = args.rate or 2.0, min(args.max_tokens, args.mid_max_tokens)
                 model_args.max_tiles = args.mid_max_tiles
                 model_args.min_tokens = min(args.min_tokens, model_args.max_tokens)
             else:
