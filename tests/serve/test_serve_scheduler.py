@@ -14,6 +14,7 @@ from serve_helpers import png_bytes
 
 from nemo_eagle.serve.engine import Engine, GenerationJob
 from nemo_eagle.serve.engine.kv_cache import CacheShape, slots_for_budget
+from nemo_eagle.serve.engine.scheduler import CpuThreads
 
 IMGS = [png_bytes(640, 480, 1), png_bytes(300, 900, 2), png_bytes(500, 500, 3)]
 
@@ -276,3 +277,23 @@ def test_kv_budget_sets_the_slot_count(engine):
         sched.close(5)
     with pytest.raises(ValueError, match="holds no sequence"):
         slots_for_budget(shape, memory_bytes=per_slot - 1, max_num_seqs=None)
+
+
+def test_cpu_threads_split_the_cores_and_close_restores_them(engine):
+    """On CPU decoding and the preprocessing workers share the cores instead of each using all of them; threads
+    started after close() get torch's thread count as it was before."""
+    before = torch.get_num_threads()  # the suite runs torch on one thread; this test needs two to split
+    torch.set_num_threads(2)
+    try:
+        plan = CpuThreads.plan("cpu", None, None)
+        assert (plan.workers, plan.worker_threads, plan.decode_threads) == (1, 1, 1)
+        jobs = [job(engine, "text", "hello there", n=4), job(engine, "image", "what is this", IMGS[:1], n=4)]
+        got, sched, _ = serve(engine, jobs)
+        assert got.text("text") == oracle(engine, jobs[0])[0] and got.text("image") == oracle(engine, jobs[1])[0]
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert seen == [2]
+    finally:
+        torch.set_num_threads(before)
