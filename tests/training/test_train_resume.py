@@ -9,7 +9,7 @@ from train_helpers import tiny_overrides
 
 from nemo_eagle.convert.nemo_file import read_nemo
 from nemo_eagle.training.callbacks import read_step_log
-from nemo_eagle.training.run import load_run, train
+from nemo_eagle.training.run import load_run, resume_checkpoint, train
 
 
 class SimulatedCrash(RuntimeError):
@@ -58,3 +58,32 @@ def test_kill_and_resume_reproduces_the_loss_curve(tiny_ckpt, color_data, tmp_pa
     wa, wb = read_nemo(straight / "model.nemo").state_dict, read_nemo(killed / "model.nemo").state_dict
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not any("lora" in k for k in wa)  # the export holds merged plain weights
+
+
+def test_a_torn_last_checkpoint_falls_back_to_the_newest_intact_one(tiny_ckpt, color_data, tmp_path, caplog):
+    # A checkpoint at step 6, killed before step 8, then last.ckpt torn (a kill mid-write). Without validation
+    # one step checkpoint is kept. Resuming says so, starts from it, and the redone steps give the uninterrupted
+    # run's curve and weights.
+    common = ("trainer.max_steps=9", "optim.lr=3e-3", "optim.warmup_steps=2", "data.micro_batch_size=1",
+              "checkpoint.every_n_train_steps=3")
+    straight = tmp_path / "straight"
+    train(load_run(tiny_overrides(tiny_ckpt, color_data, straight, *common)))
+
+    killed = tmp_path / "killed"
+    run = load_run(tiny_overrides(tiny_ckpt, color_data, killed, *common))
+    with pytest.raises(SimulatedCrash):
+        train(run, callbacks=[CrashAt(7)])
+    folder = killed / "checkpoints"
+    (intact,) = folder.glob("step*.ckpt")
+    last = folder / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with caplog.at_level("WARNING"):
+        assert resume_checkpoint(run) == str(intact)
+    assert f"{last} is torn or unreadable; resuming from the newest intact checkpoint {intact}" in caplog.text
+    train(run)
+
+    a, b = read_step_log(straight / "train_log.jsonl"), read_step_log(killed / "train_log.jsonl")
+    assert [r["step"] for r in b] == list(range(1, 10))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    wa, wb = read_nemo(straight / "model.nemo").state_dict, read_nemo(killed / "model.nemo").state_dict
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
