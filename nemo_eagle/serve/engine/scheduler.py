@@ -8,7 +8,8 @@ One thread runs the loop; each iteration:
 2. admits prepared jobs in arrival order while a cache slot is free (admission control: the others wait, and
    the queue length is reported);
 3. runs prompt chunks of the jobs in prefill, oldest first, up to ``prefill_chunk`` tokens in all, so a long
-   image prompt never stalls the running sequences for more than one chunk;
+   image prompt never stalls the running sequences for more than one chunk; the prompts finished in the step
+   share one LM-head call for their first token;
 4. runs one decode step over every sequence past its prefill, samples per row, streams text, and releases the
    slot of every sequence that finished or whose client cancelled.
 
@@ -305,21 +306,25 @@ class Scheduler:
     def _prefill(self) -> bool:
         """Prompt chunks of the jobs in prefill, oldest first, ``prefill_chunk`` tokens in all this step."""
         budget, worked = self.prefill_chunk, False
+        done: list[tuple[Sequence, torch.Tensor]] = []
         for seq in list(self.prefilling):
             if budget <= 0:
                 break
             total = seq.embeds.shape[1]
             end = min(total, seq.pos + budget)
-            logits = self.runner.prefill(seq.slot, seq.embeds[:, seq.pos:end], seq.pos)
+            last = self.runner.prefill(seq.slot, seq.embeds[:, seq.pos:end], seq.pos)
             budget -= end - seq.pos
             seq.pos, worked = end, True
             if end < total:
                 break
-            token, logprob = sample_rows(logits[None], [seq.sampler])[0]
-            self.prefilling.remove(seq)  # after sampling: a failure there leaves it where _fail_all finds it
-            seq.embeds = None
-            self.decoding.append(seq)
-            self._emit_token(seq, token, logprob)
+            done.append((seq, last))
+        if done:  # one LM-head call for every prompt finished in this step
+            picks = sample_rows(self.runner.logits(torch.stack([h for _, h in done])), [q.sampler for q, _ in done])
+            for (seq, _), (token, logprob) in zip(done, picks):
+                self.prefilling.remove(seq)  # after sampling: a failure there leaves it where _fail_all finds it
+                seq.embeds = None
+                self.decoding.append(seq)
+                self._emit_token(seq, token, logprob)
         return worked
 
     def _decode_step(self) -> bool:
