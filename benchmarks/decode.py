@@ -24,11 +24,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+# this folder holds a kernels.py that would shadow the `kernels` package transformers probes for
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from nemo_eagle.config import get_preset
-from nemo_eagle.modeling.eagle import EagleModel
-from nemo_eagle.modeling.generation import GenerationConfig, iter_tokens
+from nemo_eagle.config import get_preset  # noqa: E402 - after the sys.path fix above
+from nemo_eagle.modeling.eagle import EagleModel  # noqa: E402
+from nemo_eagle.modeling.generation import GenerationConfig, iter_tokens  # noqa: E402
 
 
 def sync(device: str) -> None:
@@ -57,7 +59,7 @@ def engine_rate(model, ids, n: int, device: str, graphs: bool) -> float:
     first = []
     for r, slot in enumerate(slots):
         embeds = runner.embed(ids[r:r + 1], None)
-        first.append(int(runner.prefill(slot, embeds, 0).argmax()))
+        first.append(int(runner.logits(runner.prefill(slot, embeds, 0)[None])[0].argmax()))
     tokens, lengths = torch.tensor(first), torch.full((b,), length)
     runner.decode(slots, tokens, lengths).argmax(-1).tolist()  # capture / warm-up on a scratch position
     sync(device)
