@@ -11,7 +11,11 @@ memory (process RSS above the start, or CUDA peak allocated), and for the contin
 hits and the vision-tower time they saved; then the ratios continuous / static.
 
     python benchmarks/serve_load.py                         # tiny model + a mid-size CPU config (a few minutes)
+    python benchmarks/serve_load.py --rate 32               # arrivals outrun both engines: tokens/s is capacity
     python benchmarks/serve_load.py --models tiny --requests 128 --rate 16
+
+When both engines keep up with the arrivals (wall time about the arrival span), tokens/s measures the arrival
+rate, not the engines: read it with the wall times.
 """
 
 from __future__ import annotations
