@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from nemo_eagle.serve.body import LargeBodyRoute
 from nemo_eagle.serve.engine import EngineError, GenerationEvent, GenerationJob, RequestPlan
 from nemo_eagle.serve.limits import check_completion_tokens, check_messages, completion_cap, text_limit
 from nemo_eagle.serve.logprobs import TokenText, chat_logprobs
@@ -42,7 +43,7 @@ from nemo_eagle.serve.schema import (
 from nemo_eagle.serve.state import ServeState, error_response
 
 log = logging.getLogger("nemo_eagle.serve")
-router = APIRouter()
+router = APIRouter(route_class=LargeBodyRoute)  # large bodies are decoded off the event loop
 
 
 @dataclass

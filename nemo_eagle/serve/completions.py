@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from nemo_eagle.serve.body import LargeBodyRoute
 from nemo_eagle.serve.chat import (
     ChoiceState,
     Completion,
@@ -40,7 +41,7 @@ from nemo_eagle.serve.params import job_sampling, refuse_unsupported
 from nemo_eagle.serve.schema import CompletionChoice, CompletionRequest, TextCompletion, Usage
 from nemo_eagle.serve.state import ServeState, error_response
 
-router = APIRouter()
+router = APIRouter(route_class=LargeBodyRoute)  # large bodies are decoded off the event loop
 STREAM = {  # one event of the stream, in the form openapi.CHAT_STREAM uses
     "description": "`stream: true`: server-sent events, each `data:` a text_completion (or an error that ends the "
                    "stream), then `data: [DONE]`",

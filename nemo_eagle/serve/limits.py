@@ -67,11 +67,22 @@ def text_limit(settings: Any, tokenizer: Any, max_model_len: int) -> int:
     return max_model_len * longest_token_chars(tokenizer)
 
 
+def check_message_count(n: int, max_messages: int) -> None:
+    if n > max_messages:
+        raise EngineError(f"{n} messages in one request; this server accepts at most {max_messages}",
+                          code="too_many_messages", param="messages")
+
+
+def check_input_count(n: int, limit: int, param: str) -> None:
+    """Embedding inputs or ranking passages in one request (``--max-batch-inputs``)."""
+    if n > limit:
+        raise EngineError(f"{n} {param} in one request; at most {limit} (split the request)",
+                          code="too_many_inputs", param=param)
+
+
 def check_messages(messages: list[Any], *, max_messages: int, max_chars: int) -> None:
     """Count messages and their text characters (pydantic ``ChatMessage``s) before anything renders them."""
-    if len(messages) > max_messages:
-        raise EngineError(f"{len(messages)} messages in one request; this server accepts at most {max_messages}",
-                          code="too_many_messages", param="messages")
+    check_message_count(len(messages), max_messages)
     total = 0
     for m in messages:
         if isinstance(m.content, str):

@@ -12,7 +12,9 @@ import logging
 import numpy as np
 from fastapi import APIRouter, Request
 
+from nemo_eagle.serve.body import LargeBodyRoute
 from nemo_eagle.serve.engine import EngineError
+from nemo_eagle.serve.limits import check_input_count
 from nemo_eagle.serve.openapi import error_responses
 from nemo_eagle.serve.schema import (
     Embedding,
@@ -26,7 +28,7 @@ from nemo_eagle.serve.schema import (
 from nemo_eagle.serve.state import ServeState
 
 log = logging.getLogger("nemo_eagle.serve")
-router = APIRouter()
+router = APIRouter(route_class=LargeBodyRoute)  # large bodies are decoded off the event loop
 ERRORS = error_responses(400, 401, 404, 413, 503)
 
 
@@ -62,19 +64,12 @@ def encode_vector(vector: list, fmt: str) -> list | str:
     return vector
 
 
-def _check_count(st: ServeState, n: int, param: str) -> None:
-    limit = st.settings.max_batch_inputs
-    if n > limit:
-        raise EngineError(f"{n} {param} in one request; at most {limit} (split the request)",
-                          code="too_many_inputs", param=param)
-
-
 @router.post("/v1/embeddings", responses=ERRORS)
 async def embeddings(req: EmbeddingRequest, request: Request) -> EmbeddingResponse:
     st: ServeState = request.app.state.serve
     _check_model(st, req.model)
     inputs = [req.input] if isinstance(req.input, str) else list(req.input)
-    _check_count(st, len(inputs), "input")
+    check_input_count(len(inputs), st.settings.max_batch_inputs, "input")
     input_type = req.input_type or "query"
     await _check_images(st, inputs, input_type)
     result = await st.backend.call({"task": "embed", "input": inputs, "input_type": input_type,
@@ -91,7 +86,7 @@ async def embeddings(req: EmbeddingRequest, request: Request) -> EmbeddingRespon
 async def ranking(req: RankingRequest, request: Request) -> RankingResponse:
     st: ServeState = request.app.state.serve
     _check_model(st, req.model)
-    _check_count(st, len(req.passages), "passages")
+    check_input_count(len(req.passages), st.settings.max_batch_inputs, "passages")
     result = await st.backend.call({"task": "rank", "query": req.query.text,
                                     "passages": [p.text for p in req.passages], "truncate": req.truncate})
     return RankingResponse(rankings=[Ranking(**r) for r in result["rankings"]])
