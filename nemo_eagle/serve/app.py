@@ -17,7 +17,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from nemo_eagle._version import __version__
 from nemo_eagle.serve.backends import Backend, BackendError, BackendUnavailable
@@ -246,8 +248,28 @@ def _state(request: Request) -> ServeState:
     return request.app.state.serve
 
 
+class GetRoute(APIRoute):
+    """A GET route that answers HEAD too (load balancers probe with HEAD): the GET's status and headers, no body.
+    The OpenAPI document lists the GET only; any other method is a 405 with ``Allow: GET, HEAD``."""
+
+    def matches(self, scope: dict) -> tuple[Match, dict]:
+        if scope["type"] == "http" and scope["method"] == "HEAD" and "GET" in self.methods:
+            return super().matches({**scope, "method": "GET"})
+        return super().matches(scope)
+
+    async def handle(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["method"] == "HEAD" and "GET" in self.methods:
+            async def headers_only(message: dict) -> None:
+                await send({**message, "body": b""} if message["type"] == "http.response.body" else message)
+
+            return await super().handle({**scope, "method": "GET"}, receive, headers_only)
+        if scope["method"] not in self.methods:
+            raise StarletteHTTPException(405, headers={"Allow": ", ".join(sorted({*self.methods, "HEAD"}))})
+        await super().handle(scope, receive, send)
+
+
 def _open_routes() -> APIRouter:
-    r = APIRouter()
+    r = APIRouter(route_class=GetRoute)
 
     @r.get("/v1/health/live")
     async def live() -> HealthResponse:
@@ -293,7 +315,7 @@ async def _fetch_triton_metrics(url: str) -> bytes:
 
 
 def _model_routes() -> APIRouter:
-    r = APIRouter(responses=error_responses(401))
+    r = APIRouter(responses=error_responses(401), route_class=GetRoute)
 
     @r.get("/v1/models")
     async def models(request: Request) -> ModelList:

@@ -128,7 +128,7 @@ async def test_unsupported_methods_are_405_with_allow(engine):
     doc = app.openapi()
     async with client:
         for path, ops in doc["paths"].items():
-            methods = {m.upper() for m in ops}
+            methods = {m.upper() for m in ops} | ({"HEAD"} if "get" in ops else set())  # HEAD: GET, no body
             for method in ("TRACE", "DELETE", "PUT", "PATCH"):
                 if method in methods:
                     continue
@@ -137,6 +137,27 @@ async def test_unsupported_methods_are_405_with_allow(engine):
                 assert {m.strip() for m in r.headers["allow"].split(",")} == methods, (path, r.headers["allow"])
                 assert set(r.json()["error"]) == {"message", "type", "param", "code"}
                 assert method in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("api_key", [None, "k"])
+async def test_head_answers_like_get_without_a_body(engine, api_key):
+    """Load balancers probe with HEAD: every GET route answers it with the GET's status and headers (RFC 9110)."""
+    client, app = make_client(engine, api_key=api_key)
+    gets = [path for path, ops in app.openapi()["paths"].items() if "get" in ops]
+    assert {"/v1/health/live", "/v1/health/ready", "/v1/models", "/v1/metadata", "/v1/version"} <= set(gets)
+    async with client:
+        for path in gets:
+            got, head = await client.get(path), await client.head(path)
+            assert head.status_code == got.status_code, (path, head.status_code, got.text)
+            assert head.content == b"" and got.content, path
+            for header in ("content-type", "content-length", "www-authenticate"):
+                if path == "/v1/metrics" and header == "content-length":
+                    continue  # the exposition counts the GET just answered
+                assert head.headers.get(header) == got.headers.get(header), (path, header)
+            if api_key is None and path != "/v1/metrics":
+                assert got.status_code == 200, (path, got.text)
+    if api_key:
+        assert got.status_code == 401 and head.status_code == 401
 
 
 # ---------------------------------------------------------------------------------- the document is true
