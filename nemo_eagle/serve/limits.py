@@ -17,13 +17,22 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _LONGEST_TOKEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+_SCAN_CHARS = 1 << 20  # a long text is searched in pieces: the GIL can pass to the event loop between them
+
+
+def has_surrogate(text: str) -> bool:
+    if text.isascii():  # O(1) in CPython (a flag of the string): no surrogate in the common case, nothing to scan
+        return False
+    return any(_SURROGATE.search(text, i, i + _SCAN_CHARS) for i in range(0, len(text), _SCAN_CHARS))
+
+
 def find_surrogate(value: Any, path: tuple = ()) -> tuple | None:
     """The location (keys and indices) of the first string holding a lone surrogate in decoded JSON, or None."""
     if isinstance(value, str):
-        return path if _SURROGATE.search(value) else None
+        return path if has_surrogate(value) else None
     if isinstance(value, dict):
         for k, v in value.items():
-            if isinstance(k, str) and _SURROGATE.search(k):
+            if isinstance(k, str) and has_surrogate(k):
                 return path  # the key itself: name its parent (the key cannot be echoed)
             if (found := find_surrogate(v, (*path, k))) is not None:
                 return found
