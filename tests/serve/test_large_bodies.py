@@ -132,3 +132,19 @@ async def test_health_answers_while_a_large_body_is_decoded(engine, monkeypatch,
             release.set()
         r = await task
     assert r.status_code == status and r.json()["error"]["param"] == param, r.text
+
+
+@pytest.mark.parametrize("where", [0, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3_000_000])
+def test_long_text_surrogate_scan_finds_it_anywhere(where):
+    """A long text is searched piecewise: a lone surrogate at or across a piece boundary is found, as a search
+    of the whole text finds it (the reference)."""
+    import re
+
+    from nemo_eagle.serve.limits import has_surrogate
+
+    text = "é" * 3_000_001
+    bad = text[:where] + "\udc00" + text[where + 1:]
+    reference = re.compile("[\ud800-\udfff]")
+    assert has_surrogate(bad) == bool(reference.search(bad)) is True
+    assert has_surrogate(text) == bool(reference.search(text)) is False
+    assert not has_surrogate("plain ascii") and has_surrogate("ascii then \ud800")
