@@ -44,6 +44,8 @@ from nemo_eagle.serve.state import ServeState, error_response
 
 log = logging.getLogger("nemo_eagle.serve")
 router = APIRouter(route_class=LargeBodyRoute)  # large bodies are decoded off the event loop
+# text-only prompts this small are planned on the event loop (see benchmarks/RESULTS.md, fixed overhead)
+INLINE_PLAN_CHARS, INLINE_PLAN_MESSAGES = 2048, 16
 
 
 @dataclass
@@ -106,6 +108,17 @@ def check_request_size(st: ServeState, req: ChatCompletionRequest) -> None:
 
 def _max_tokens_param(req: ChatCompletionRequest) -> str:
     return "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+
+
+def _plan_inline(messages: list[dict], images: list[FetchedImage]) -> bool:
+    """A small text-only request: planning it costs less than the hop to a planning thread and back."""
+    if images or len(messages) > INLINE_PLAN_MESSAGES:
+        return False
+    chars = 0
+    for m in messages:
+        content = m.get("content") or ""
+        chars += len(content) if isinstance(content, str) else sum(len(p.get("text") or "") for p in content)
+    return chars <= INLINE_PLAN_CHARS
 
 
 def plan_request(st: ServeState, req: ChatCompletionRequest, messages: list[dict],
@@ -176,8 +189,11 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
         log.debug("ignoring unknown fields %s", req.ignored_fields)
     check_request_size(st, req)
     messages, images = await collect_images(st, req.messages)
-    plan = await asyncio.get_running_loop().run_in_executor(
-        st.planner, functools.partial(plan_request, st, req, messages, images))
+    if _plan_inline(messages, images):
+        plan = plan_request(st, req, messages, images)
+    else:
+        plan = await asyncio.get_running_loop().run_in_executor(
+            st.planner, functools.partial(plan_request, st, req, messages, images))
     cid = f"chatcmpl-{uuid.uuid4().hex}"
     jobs = make_jobs(req, plan, images, cid, sampling=sampling, max_image_pixels=st.settings.max_image_pixels)
     st.metrics.images.inc(len(images))
@@ -198,7 +214,9 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     if req.stream:
         body = _sse(st, req, cid, streams, firsts, completion, started)
         return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    if not await _until_disconnect(request, _collect(st, streams, firsts, completion), streams):
+    if all(ev.finish_reason is not None for ev in firsts):  # answered by the first events: nothing to wait for
+        await _collect(st, streams, firsts, completion)
+    elif not await _until_disconnect(request, _collect(st, streams, firsts, completion), streams):
         # nobody reads this; 499 (nginx's "client closed request") keeps the metrics honest
         return error_response(499, "client disconnected before the answer was complete", code="client_closed_request")
     _log_request(st, cid, plan, completion, started)
@@ -232,6 +250,12 @@ async def _tracked(st: ServeState, job: GenerationJob) -> AsyncIterator[Generati
 
 
 async def _first_events(streams: list[AsyncIterator[GenerationEvent]]) -> list[GenerationEvent]:
+    if len(streams) == 1:  # n=1: no task to schedule
+        try:
+            return [await anext(streams[0])]
+        except BaseException:
+            await _close_all(streams)
+            raise
     tasks = [asyncio.ensure_future(anext(s)) for s in streams]
     try:
         return list(await asyncio.gather(*tasks))

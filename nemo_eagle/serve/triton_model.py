@@ -108,7 +108,6 @@ class TritonPythonModel:
     def _submit(self, requests: list[Any]) -> None:
         """Continuous batching: each generation job goes to the scheduler, whose thread answers it."""
         final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        self.m_batch.observe(float(len(requests)))
         for request in requests:
             sender = request.get_response_sender()
             job, payload = self._job_or_reply(request)
@@ -116,6 +115,7 @@ class TritonPythonModel:
                 self.scheduler.submit(job, self._sink(sender), request.is_cancelled)
             else:
                 sender.send(self._event(payload), flags=final)
+        self.m_batch.observe(float(len(requests)))  # an IPC round trip: after the jobs are on their way
 
     def _job_or_reply(self, request: Any) -> tuple[GenerationJob | None, bytes | None]:
         """A generation job to schedule, or the one reply to send now (embeddings, ranking, a refused request)."""
@@ -134,17 +134,17 @@ class TritonPythonModel:
         final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
         def send(ev: GenerationEvent) -> None:
-            if ev.tiling:
-                self.m_tiles.increment(float(sum(t["num_tiles"] for t in ev.tiling)))
-            if ev.finish_reason is None:
-                sender.send(self._event(ev.to_json()))
-                return
-            self.m_tokens.increment(float(ev.completion_tokens))
+            # the response first, the metrics (each an IPC round trip) after it: they are not on the client's clock
             if ev.finish_reason == "cancelled":
-                self.m_cancelled.increment(1.0)
                 sender.send(flags=final)
             else:
-                sender.send(self._event(ev.to_json()), flags=final)
+                sender.send(self._event(ev.to_json()), flags=final if ev.finish_reason is not None else 0)
+            if ev.tiling:
+                self.m_tiles.increment(float(sum(t["num_tiles"] for t in ev.tiling)))
+            if ev.finish_reason is not None:
+                self.m_tokens.increment(float(ev.completion_tokens))
+            if ev.finish_reason == "cancelled":
+                self.m_cancelled.increment(1.0)
 
         return send
 
