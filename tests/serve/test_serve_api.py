@@ -211,6 +211,42 @@ async def test_bad_requests_are_4xx_with_a_clear_message(engine, name):
     assert app.state.serve.backend.jobs[-1].prompt.endswith("still alive<|im_end|>\n<|im_start|>assistant\n")
 
 
+async def test_small_text_prompts_are_planned_inline_and_larger_ones_on_the_planning_threads(engine, processor):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nemo_eagle.serve.chat import INLINE_PLAN_CHARS, INLINE_PLAN_MESSAGES
+
+    class Counting(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args, **kwargs):
+            Counting.submitted += 1
+            return super().submit(*args, **kwargs)
+
+    client, app = make_client(engine)
+    app.state.serve.planner = Counting(1)
+    many = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"}
+            for i in range(INLINE_PLAN_MESSAGES + 1)]
+    cases = [([{"role": "user", "content": "hello"}], False),  # (messages, planned on a thread)
+             ([{"role": "user", "content": "a" * INLINE_PLAN_CHARS}], False),
+             ([{"role": "user", "content": [{"type": "text", "text": "ab" * INLINE_PLAN_CHARS}]}], True),
+             (many, True)]
+    async with client:
+        for messages, threaded in cases:
+            before = Counting.submitted
+            resp = await client.post("/v1/chat/completions", json=chat_body(messages, max_tokens=4))
+            assert resp.status_code == 200, resp.text
+            assert Counting.submitted - before == int(threaded)
+            prompt = processor.apply_chat_template(messages)  # same prompt and count on either path
+            assert app.state.serve.backend.jobs[-1].prompt == prompt
+            assert resp.json()["usage"]["prompt_tokens"] == len(processor.tokenizer.encode(prompt))
+        # a planning error from the inline path is the same 400
+        r = await client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=4096))
+        assert r.json()["error"]["code"] == "context_length_exceeded", r.text
+        assert r.json()["error"]["param"] == "max_tokens"
+    app.state.serve.planner.shutdown()
+
+
 async def test_error_codes(engine):
     client, _ = make_client(engine)
     async with client:
