@@ -66,14 +66,16 @@ class CpuThreads:
 
     On a CPU both run on the same cores: preprocessing workers running the vision tower with torch's full thread
     count while the scheduler thread decodes with it too put twice as many OpenMP threads as cores to work, and
-    an OpenMP team that loses a core to the other spins at its barriers. So on CPU the cores are split: each
-    preprocessing worker runs torch with one thread (half the cores get a worker by default) and decoding gets
-    the rest. On a GPU the threads only feed the device and nothing is changed."""
+    an OpenMP team that loses a core to the other spins at its barriers. So on CPU the cores are split while a
+    worker has work: each preprocessing worker runs torch with one thread (half the cores get a worker by default)
+    and decoding gets the rest; while no job is being prepared, decoding takes every core again (``for_step``).
+    On a GPU the threads only feed the device and nothing is changed."""
 
     workers: int
     worker_threads: int | None  # None: leave torch's setting alone
     decode_threads: int | None
     original: int = 0
+    current: int = 0  # the scheduler thread's torch threads now
 
     @classmethod
     def plan(cls, device_type: str, workers: int | None, decode_threads: int | None) -> CpuThreads:
@@ -90,6 +92,17 @@ class CpuThreads:
     def enter_decode(self) -> None:
         if self.decode_threads is not None:
             torch.set_num_threads(self.decode_threads)
+            self.current = self.decode_threads
+
+    def for_step(self, preparing: int) -> None:
+        """The scheduler thread's torch threads for its next step: its share of the cores while ``preparing``
+        jobs keep workers busy, every core while none does (a worker's one thread idles then)."""
+        if self.decode_threads is None:
+            return
+        want = self.decode_threads if preparing else max(self.decode_threads, self.original)
+        if want != self.current:
+            torch.set_num_threads(want)
+            self.current = want
 
     def restore(self) -> None:
         """torch.set_num_threads also sets the count threads started later begin with: put the original back."""
@@ -206,6 +219,7 @@ class Scheduler:
         """One scheduling step; False when there was nothing to do."""
         self._take_new()
         self._collect_prepared()
+        self.threads.for_step(len(self.preparing))
         self._check_cancelled()
         self._admit()
         worked = self._prefill()
