@@ -297,3 +297,23 @@ def test_cpu_threads_split_the_cores_and_close_restores_them(engine):
         assert seen == [2]
     finally:
         torch.set_num_threads(before)
+
+
+def test_decoding_takes_every_core_while_nothing_is_prepared():
+    """The split holds only while a worker has work: with no job being prepared the scheduler thread decodes on
+    every core, and goes back to its share when one is."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        plan = CpuThreads.plan("cpu", None, None)
+        plan.enter_decode()
+        assert torch.get_num_threads() == 1
+        plan.for_step(preparing=0)
+        assert torch.get_num_threads() == 2
+        plan.for_step(preparing=3)
+        assert torch.get_num_threads() == 1
+        gpu = CpuThreads.plan("cuda", None, None)  # on a GPU the threads only feed the device: left alone
+        gpu.for_step(preparing=0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
