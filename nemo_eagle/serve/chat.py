@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -393,23 +393,38 @@ async def _sse(st: ServeState, req: ChatCompletionRequest, cid: str, streams: li
             return _chunk(cid, created, model, [ChunkChoice(index=i, delta=Delta(content=ev.text or None),
                                                             finish_reason=reason, logprobs=lps)])
 
-        for i, ev in enumerate(firsts):
-            if (out := piece(i, ev)) is not None:
-                yield out
-        live = [s for s, ev in zip(streams, firsts) if ev.finish_reason is None]
-        index = [i for i, ev in enumerate(firsts) if ev.finish_reason is None]
-        async for item in stream_events(st, cid, live):
-            if isinstance(item, bytes):  # the error event
-                yield item
-            elif (out := piece(index[item[0]], item[1])) is not None:
-                yield out
-        if req.stream_options is not None and req.stream_options.include_usage:
-            yield _chunk(cid, created, model, [], usage=completion.usage)
-        yield b"data: [DONE]\n\n"
-        st.metrics.completion_tokens.inc(completion.usage.completion_tokens)
-        _log_request(st, cid, None, completion, started)
+        usage = functools.partial(_chunk, cid, created, model, []) if _wants_usage(req) else None
+        async for out in sse_events(st, cid, streams, firsts, completion, piece, usage, started):
+            yield out
     finally:
         await _close_all(streams)
+
+
+def _wants_usage(req: Any) -> bool:
+    return req.stream_options is not None and req.stream_options.include_usage
+
+
+async def sse_events(st: ServeState, cid: str, streams: list, firsts: list[GenerationEvent], completion: Completion,
+                     piece: Callable[[int, GenerationEvent], bytes | None],
+                     usage_chunk: Callable[..., bytes] | None, started: float) -> AsyncIterator[bytes]:
+    """The events of a chat or completions stream after its opening chunks: every job's events as ``piece`` renders
+    them (the error event last when a backend failure or the drain's deadline ends the stream), the usage chunk
+    when the client asked for it, ``[DONE]``; then the token metrics and the request's log line."""
+    for i, ev in enumerate(firsts):
+        if (out := piece(i, ev)) is not None:
+            yield out
+    live = [s for s, ev in zip(streams, firsts) if ev.finish_reason is None]
+    index = [i for i, ev in enumerate(firsts) if ev.finish_reason is None]
+    async for item in stream_events(st, cid, live):
+        if isinstance(item, bytes):  # the error event
+            yield item
+        elif (out := piece(index[item[0]], item[1])) is not None:
+            yield out
+    if usage_chunk is not None:
+        yield usage_chunk(usage=completion.usage)
+    yield b"data: [DONE]\n\n"
+    st.metrics.completion_tokens.inc(completion.usage.completion_tokens)
+    _log_request(st, cid, None, completion, started)
 
 
 async def stream_events(st: ServeState, cid: str, live: list) -> AsyncIterator[tuple[int, GenerationEvent] | bytes]:

@@ -29,9 +29,10 @@ from nemo_eagle.serve.chat import (
     _log_request,
     _tracked,
     _until_disconnect,
+    _wants_usage,
     admission,
     first_events,
-    stream_events,
+    sse_events,
 )
 from nemo_eagle.serve.engine import RESERVED_MARKUP, EngineError, GenerationEvent, GenerationJob, RequestPlan
 from nemo_eagle.serve.limits import check_completion_tokens, completion_cap, text_limit
@@ -170,20 +171,8 @@ async def _sse(st: ServeState, req: CompletionRequest, cid: str, streams: list, 
             return _chunk(cid, created, model, [CompletionChoice(index=k, text=ev.text, logprobs=lps,
                                                                  finish_reason=reason)])
 
-        for k, ev in enumerate(firsts):
-            if (out := piece(k, ev)) is not None:
-                yield out
-        live = [s for s, ev in zip(streams, firsts) if ev.finish_reason is None]
-        index = [k for k, ev in enumerate(firsts) if ev.finish_reason is None]
-        async for item in stream_events(st, cid, live):  # the error event last if the stream cannot finish
-            if isinstance(item, bytes):
-                yield item
-            elif (out := piece(index[item[0]], item[1])) is not None:
-                yield out
-        if req.stream_options is not None and req.stream_options.include_usage:
-            yield _chunk(cid, created, model, [], usage=completion.usage)
-        yield b"data: [DONE]\n\n"
-        st.metrics.completion_tokens.inc(completion.usage.completion_tokens)
-        _log_request(st, cid, None, completion, started)
+        usage = functools.partial(_chunk, cid, created, model, []) if _wants_usage(req) else None
+        async for out in sse_events(st, cid, streams, firsts, completion, piece, usage, started):
+            yield out
     finally:
         await _close_all(streams)
