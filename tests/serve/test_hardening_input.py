@@ -283,7 +283,12 @@ def test_static_path_keeps_no_autograd_graph(tiny_ckpt):
 # ------------------------------------------------------------------------------------ planning off the loop
 async def test_health_answers_while_a_request_is_being_planned(engine, monkeypatch):
     """Planning (chat template + tokenising) blocks here until released; on the event loop it would block the
-    health probes too."""
+    health probes too. The prompt is longer than what the route plans inline (a small text-only chat costs less
+    to plan than a thread hop)."""
+    from nemo_eagle.serve.chat import INLINE_PLAN_CHARS
+
+    text = " ".join(["hello"] * (INLINE_PLAN_CHARS // 5))
+    assert len(text) > INLINE_PLAN_CHARS
     entered, release = threading.Event(), threading.Event()
     real_plan = engine.plan
 
@@ -295,7 +300,7 @@ async def test_health_answers_while_a_request_is_being_planned(engine, monkeypat
     monkeypatch.setattr(engine, "plan", slow_plan)
     client, _ = make_client(engine)
     async with client:
-        chat_task = asyncio.create_task(client.post("/v1/chat/completions", json=chat("hello")))
+        chat_task = asyncio.create_task(client.post("/v1/chat/completions", json=chat(text, max_tokens=4)))
         while not entered.is_set():
             await asyncio.sleep(0.01)
         try:
@@ -307,7 +312,7 @@ async def test_health_answers_while_a_request_is_being_planned(engine, monkeypat
         finally:
             release.set()
         r = await chat_task
-    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo: hello"
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo: hello hello hello"
 
 
 def test_long_text_is_tokenised_without_holding_the_gil(engine):
