@@ -10,7 +10,7 @@ Printed per model and engine: output tokens/s, time to first token p50/p95, inte
 memory (process RSS above the start, or CUDA peak allocated), and for the continuous engine the vision-cache
 hits and the vision-tower time they saved; then the ratios continuous / static.
 
-    python benchmarks/serve_load.py                         # tiny model + a mid-size CPU config (a few minutes)
+    python benchmarks/serve_load.py                         # tiny model + a mid-size CPU config (about 4 minutes)
     python benchmarks/serve_load.py --rate 32               # arrivals outrun both engines: tokens/s is capacity
     python benchmarks/serve_load.py --models tiny --requests 128 --rate 16
 
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                    "static batching sustains on a 2-core CPU, so the run measures capacity, not the arrival rate)")
     p.add_argument("--min-tokens", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--mid-max-tokens", type=int, default=32, help="--max-tokens for the mid-size model (CPU time)")
+    p.add_argument("--mid-max-tokens", type=int, default=256, help="--max-tokens for the mid-size model (lower it "
+                   "for a shorter run)")
     p.add_argument("--mid-max-tiles", type=int, default=1, help="--max-tiles for the mid-size model (CPU time)")
     p.add_argument("--image-share", type=float, default=0.3)
     p.add_argument("--repeat-share", type=float, default=0.5, help="of the image requests, share re-sending one")
