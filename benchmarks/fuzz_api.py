@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,8 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 # benchmarks/kernels.py would shadow the `kernels` package transformers probes for: import from the repository root
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-import httpx  # noqa: E402
 import schemathesis  # noqa: E402
+
+from benchmarks.serve import free_port, wait_ready  # noqa: E402 - the server helpers of the serving benchmark
 
 MODEL = "tiny"
 # Statuses a schema-valid request may still get, for what JSON Schema cannot say: an image that does not decode,
@@ -54,36 +54,16 @@ def before_call(context, case, kwargs):
         body["seed"] = 2**63 - 1 if seed > 0 else -(2**63)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(base: str, proc: subprocess.Popen | None, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            if httpx.get(base + "/v1/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{base} not ready after {timeout}s")
-
-
 def start_local(log: Path, max_model_len: int) -> tuple[str, subprocess.Popen]:
     """``nemo-eagle serve --backend local`` on the tiny checkpoint, on a free loopback port."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "nemo_eagle.cli", "serve", "--backend", "local", "--model",
            str(REPO / "tests" / "fixtures" / "tiny-eagle2"), "--served-model-name", MODEL, "--port", str(port),
            "--max-model-len", str(max_model_len), "--disable-log-requests"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     base = f"http://127.0.0.1:{port}"
-    _wait_ready(base, proc)
+    wait_ready(base, proc, timeout=300.0)
     return base, proc
 
 
@@ -99,11 +79,11 @@ def start_fake(max_model_len: int) -> tuple[str, object]:
     ckpt = REPO / "tests" / "fixtures" / "tiny-eagle2"
     engine = Engine.from_pretrained(ckpt, load_model=False, max_model_len=max_model_len)
     app = create_app(ServeSettings(model_path=str(ckpt), served_model_name=MODEL), FakeBackend(), engine=engine)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     base = f"http://127.0.0.1:{port}"
-    _wait_ready(base, None)
+    wait_ready(base, None, timeout=300.0)
     return base, server
 
 
