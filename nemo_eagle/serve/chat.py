@@ -96,29 +96,25 @@ async def collect_images(st: ServeState, messages: list[ChatMessage]) -> tuple[l
     return converted, list(images)
 
 
-def check_request_size(st: ServeState, req: ChatCompletionRequest) -> None:
-    """Message count, text size and completion length: checked before anything is fetched or tokenised."""
+def check_request_size(st: ServeState, req: ChatCompletionRequest) -> int:
+    """Message count, text size and completion length: checked before anything is fetched or tokenised. Returns
+    the characters of message text."""
     engine = st.engine
-    check_messages(req.messages, max_messages=st.settings.max_messages,
-                   max_chars=text_limit(st.settings, engine.tokenizer, engine.max_model_len))
+    chars = check_messages(req.messages, max_messages=st.settings.max_messages,
+                           max_chars=text_limit(st.settings, engine.tokenizer, engine.max_model_len))
     cap = completion_cap(st.settings, engine.max_model_len)
     for name in ("max_tokens", "max_completion_tokens"):  # each within the cap the OpenAPI document declares
         check_completion_tokens(getattr(req, name), name, cap)
+    return chars
 
 
 def _max_tokens_param(req: ChatCompletionRequest) -> str:
     return "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
 
 
-def _plan_inline(messages: list[dict], images: list[FetchedImage]) -> bool:
+def _plan_inline(messages: int, chars: int, images: list[FetchedImage]) -> bool:
     """A small text-only request: planning it costs less than the hop to a planning thread and back."""
-    if images or len(messages) > INLINE_PLAN_MESSAGES:
-        return False
-    chars = 0
-    for m in messages:
-        content = m.get("content") or ""
-        chars += len(content) if isinstance(content, str) else sum(len(p.get("text") or "") for p in content)
-    return chars <= INLINE_PLAN_CHARS
+    return not images and messages <= INLINE_PLAN_MESSAGES and chars <= INLINE_PLAN_CHARS
 
 
 def plan_request(st: ServeState, req: ChatCompletionRequest, messages: list[dict],
@@ -187,9 +183,9 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     sampling = check_sampling(st, req)
     if req.ignored_fields:
         log.debug("ignoring unknown fields %s", req.ignored_fields)
-    check_request_size(st, req)
+    chars = check_request_size(st, req)
     messages, images = await collect_images(st, req.messages)
-    if _plan_inline(messages, images):
+    if _plan_inline(len(messages), chars, images):
         plan = plan_request(st, req, messages, images)
     else:
         plan = await asyncio.get_running_loop().run_in_executor(

@@ -89,8 +89,9 @@ def check_input_count(n: int, limit: int, param: str) -> None:
                           code="too_many_inputs", param=param)
 
 
-def check_messages(messages: list[Any], *, max_messages: int, max_chars: int) -> None:
-    """Count messages and their text characters (pydantic ``ChatMessage``s) before anything renders them."""
+def check_messages(messages: list[Any], *, max_messages: int, max_chars: int) -> int:
+    """Count messages and their text characters (pydantic ``ChatMessage``s) before anything renders them; return the
+    characters."""
     check_message_count(len(messages), max_messages)
     total = 0
     for m in messages:
@@ -102,6 +103,7 @@ def check_messages(messages: list[Any], *, max_messages: int, max_chars: int) ->
         raise EngineError(f"the messages hold {total} characters of text; this server accepts at most {max_chars} "
                           "per request (no longer text can fit its context)", status=400, code="text_too_long",
                           param="messages")
+    return total
 
 
 def completion_cap(settings: Any, max_model_len: int) -> int:
