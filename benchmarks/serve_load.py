@@ -8,7 +8,9 @@ the same request list, each on a fresh backend, one after the other.
 
 Printed per model and engine: output tokens/s, time to first token p50/p95, inter-token latency p50/p95, peak
 memory (process RSS above the start, or CUDA peak allocated), and for the continuous engine the vision-cache
-hits and the vision-tower time they saved; then the ratios continuous / static.
+hits and the vision-tower time they saved; then the ratios continuous / static, and the LM head alone at the
+batch size, as the model runs it and as the continuous engine does (on a CPU with float32 weights the engine keeps
+a transposed copy of the head, ``OutputHead``: part of its lead on a large-vocabulary model comes from there).
 
     python benchmarks/serve_load.py                         # tiny model + a mid-size CPU config (about 4 minutes)
     python benchmarks/serve_load.py --rate 32               # arrivals outrun both engines: tokens/s is capacity
@@ -220,6 +222,29 @@ def report(name: str, load: list[Request], results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def head_timing(engine, rows: int, repeats: int = 5) -> str:
+    """The LM head on ``rows`` hidden states: the model's own module against the engine's ``OutputHead`` (what the
+    continuous engine's decode step calls), so the part of the gap that comes from the head's layout is visible."""
+    import torch
+
+    from nemo_eagle.serve.engine.runner import OutputHead
+
+    lm = engine.model.language_model
+    own, head = lm.get_output_embeddings(), OutputHead(lm)
+    hidden = torch.randn(rows, lm.config.hidden_size, dtype=engine.model.dtype, device=engine.model.device)
+    times = {}
+    with torch.inference_mode():
+        for name, fn in (("own", own), ("engine", head)):
+            fn(hidden)
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                fn(hidden)
+            times[name] = (time.perf_counter() - t0) / repeats * 1e3
+    how = "transposed weight copy" if head.transposed is not None else "the same module"
+    return (f"  LM head, {rows} rows: the model's own {times['own']:.1f} ms, the engine's ({how}) "
+            f"{times['engine']:.1f} ms ({times['own'] / times['engine']:.2f}x)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="tiny,mid", help="comma list of tiny (the test fixture) and mid "
@@ -273,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             results = [asyncio.run(run_load(engine, mode, load, model_args)) for mode in ("continuous", "static")]
             label = "tiny (test fixture)" if name == "tiny" else f"mid (Eagle2-1B shapes, {args.mid_layers} layers)"
             print(report(label, load, results), flush=True)
+            print(head_timing(engine, args.max_num_seqs), flush=True)
             del engine
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -88,8 +88,8 @@ def serve(engine, jobs, *, stagger: float = 0.0, cancel: dict | None = None, **o
     return got, sched, seen
 
 
-def test_staggered_concurrent_load_equals_each_request_alone(engine):
-    jobs = [
+def staggered_jobs(engine) -> list[GenerationJob]:
+    return [
         job(engine, "text", "hello there", n=16),
         job(engine, "one-image", "what is this", IMGS[:1], n=14),
         job(engine, "two-images", "compare them", IMGS[:2], n=16),
@@ -98,7 +98,11 @@ def test_staggered_concurrent_load_equals_each_request_alone(engine):
         job(engine, "other-text", "a different and rather longer question about charts", n=20),
         job(engine, "text-again", "hello there", n=16, stream=False),  # streaming == non-streaming
     ]
+
+
+def test_staggered_concurrent_load_equals_each_request_alone(engine):
     # staggered: later requests join while earlier ones decode; 3 slots for 7 requests, 64-token prefill chunks
+    jobs = staggered_jobs(engine)
     got, sched, seen = serve(engine, jobs, stagger=0.03)
     expected = {j.request_id: oracle(engine, j) for j in jobs}
     texts = {r: got.text(r) for r in expected}
@@ -117,6 +121,51 @@ def test_staggered_concurrent_load_equals_each_request_alone(engine):
     assert 2 <= seen["max_used"] <= 3  # requests overlapped, within the 3 slots (queueing: the cache-full test)
     assert sched.runner.cache.used == 0  # every slot released
     assert sched.stats.steps < sum(t[2] for t in expected.values())  # rows shared decode steps
+
+
+def test_wide_batches_equal_each_request_alone(engine, monkeypatch):
+    """Every request in one batch: decode steps of four rows or more, which take the CPU head's transposed-weight
+    GEMM (``OutputHead``), and prompts finishing while others decode share their step's head call."""
+    from nemo_eagle.serve.engine.runner import OutputHead
+
+    rows, call = [], OutputHead.__call__
+
+    def recording(self, hidden):
+        rows.append(hidden.shape[0])
+        return call(self, hidden)
+
+    monkeypatch.setattr(OutputHead, "__call__", recording)
+    texts = ["hello there", "a different and rather longer question about charts", "count to ten", "why",
+             "tell me a story", "what is the capital of France"]
+    jobs = [job(engine, f"t{i}", t, n=20 + i) for i, t in enumerate(texts)]
+    jobs += [job(engine, "one-image", "what is this", IMGS[:1], n=14), job(engine, "two", "compare", IMGS[1:], n=9)]
+    got, sched, _ = serve(engine, jobs, max_num_seqs=8)
+    assert sched.runner.head.transposed is not None and max(rows) >= 5, rows
+    assert len(rows) < sum(got.last(j.request_id).completion_tokens for j in jobs)  # rows shared head calls
+    for j in jobs:
+        text, finish, tokens = oracle(engine, j)
+        last = got.last(j.request_id)
+        assert (got.text(j.request_id), last.finish_reason, last.completion_tokens) == (text, finish, tokens), \
+            j.request_id
+
+
+def test_output_head_matches_the_models_head(engine):
+    from nemo_eagle.serve.engine.runner import OutputHead
+
+    lm = engine.model.language_model
+    head = OutputHead(lm)
+    assert head.transposed is not None and head.extra_bytes == lm.get_output_embeddings().weight.numel() * 4
+    torch.manual_seed(0)
+    for n in (1, 3, 4, 9, 33):
+        hidden = torch.randn(n, lm.config.hidden_size)
+        want = lm.get_output_embeddings()(hidden)
+        got = head(hidden)
+        if n < head.MIN_ROWS:
+            assert torch.equal(got, want)
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    bf16 = OutputHead(type("LM", (), {"get_output_embeddings": lambda self: torch.nn.Linear(8, 16).bfloat16()})())
+    assert bf16.transposed is None  # bfloat16 kernels read the layout well: no copy
 
 
 def test_fixed_shape_decode_equals_each_request_alone(engine):

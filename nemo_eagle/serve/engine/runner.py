@@ -19,6 +19,40 @@ from nemo_eagle.serve.engine.vision_cache import VisionCache
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+class OutputHead:
+    """The LM's output projection, last hidden states -> logits, for a batch of rows.
+
+    On a CPU with float32 weights it also keeps the weight transposed, (H, V) contiguous: for four rows or more,
+    the BLAS GEMM behind ``F.linear`` reads the (V, H) weight through a transposed view much slower than it reads
+    a contiguous (H, V) matrix (``benchmarks/serve_load.py`` prints both; 16 rows of Eagle2-1B's 151k x 896
+    head on two cores: 62 -> 42 ms), with the same arithmetic per output. Fewer rows go through the model's own
+    head (matrix-vector kernels, fast either way), and so does every other device and dtype (bfloat16 kernels and
+    GPUs handle the layout themselves). The price is one more copy of the head's weight, logged at start-up."""
+
+    MIN_ROWS = 4
+
+    def __init__(self, lm: Any):
+        self.module = lm.get_output_embeddings()
+        weight = self.module.weight
+        self.transposed: Tensor | None = None
+        self.bias = getattr(self.module, "bias", None)
+        if weight.device.type == "cpu" and weight.dtype == torch.float32:
+            self.transposed = weight.detach().t().contiguous()
+
+    @property
+    def extra_bytes(self) -> int:
+        return 0 if self.transposed is None else self.transposed.numel() * self.transposed.element_size()
+
+    @torch.inference_mode()
+    def __call__(self, hidden: Tensor) -> Tensor:
+        """(B, H) -> (B, V)."""
+        if self.transposed is None or hidden.shape[0] < self.MIN_ROWS:
+            return self.module(hidden)
+        if self.bias is None:
+            return torch.mm(hidden, self.transposed)
+        return torch.addmm(self.bias, hidden, self.transposed)
+
+
 class ModelRunner:
     """``graphs``: decode through fixed-size batch buckets (``StaticDecodeView``), each captured once as a CUDA
     graph on a GPU and replayed (no per-step launch overhead). On CPU ``graphs=True`` runs the same fixed-shape
@@ -31,6 +65,7 @@ class ModelRunner:
         self.device, self.dtype = model.device, model.dtype
         self.bool_mask = getattr(self.lm.config, "_attn_implementation", "sdpa") != "eager"
         self.logits_kw = last_logits_kwargs(self.lm)
+        self.head = OutputHead(self.lm)
         self._cache_kwargs = lambda view: cache_kwargs(self.lm, view)
         self.vision_seconds = 0.0  # time spent in the vision tower (misses only)
         if graphs and cache.scratch is None:
@@ -112,8 +147,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def logits(self, hidden: Tensor) -> Tensor:
-        """(B, H) last hidden states -> (B, V) logits (the LM's own head)."""
-        return self.lm.get_output_embeddings()(hidden)
+        """(B, H) last hidden states -> (B, V) logits (the LM's head, ``OutputHead``)."""
+        return self.head(hidden)
 
     @torch.inference_mode()
     def prepare_graphs(self) -> None:
@@ -124,21 +159,27 @@ class ModelRunner:
                 self._static[b] = _StaticStep(self, b)
 
     @torch.inference_mode()
-    def decode(self, slots: list[int], tokens: Tensor, lengths: Tensor) -> Tensor:
-        """One token per sequence: row i is ``tokens[i]`` at position ``lengths[i]`` of ``slots[i]``. (B, V)."""
+    def decode(self, slots: list[int], tokens: Tensor, lengths: Tensor, extra: Tensor | None = None) -> Tensor:
+        """One token per sequence: row i is ``tokens[i]`` at position ``lengths[i]`` of ``slots[i]``. (B, V).
+        ``extra`` (E, H): last hidden states of prompts finished this step, whose logits follow the B rows in the
+        same head call ((B + E, V)): one pass over the head's weight for both."""
+        if not slots:
+            return self.logits(extra)
         if self.graphs:
             bucket = next(b for b in self.buckets if b >= len(slots))
             if bucket not in self._static:
                 self._static[bucket] = _StaticStep(self, bucket)
-            return self._static[bucket].run(slots, tokens, lengths)
+            logits = self._static[bucket].run(slots, tokens, lengths)
+            return logits if extra is None else torch.cat([logits, self.logits(extra)])
         tokens, lengths = tokens.to(self.device), lengths.to(self.device)
         view = self.cache.decode_view(slots, lengths)
         keys = torch.arange(view.kv_len, device=self.device)
         allowed = (keys[None, :] <= lengths[:, None])[:, None, None, :]  # (B, 1, 1, kv_len)
         embeds = self.lm.get_input_embeddings()(tokens[:, None])
-        out = self.lm(inputs_embeds=embeds, attention_mask=self._mask(allowed), position_ids=lengths[:, None],
-                      use_cache=True, **self._cache_kwargs(view), **self.logits_kw)
-        return out.logits[:, -1]
+        out = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=self._mask(allowed),
+                                    position_ids=lengths[:, None], use_cache=True, **self._cache_kwargs(view))
+        hidden = out.last_hidden_state[:, -1]
+        return self.logits(hidden if extra is None else torch.cat([hidden, extra.to(hidden.dtype)]))
 
 
 class _StaticStep:

@@ -8,10 +8,10 @@ One thread runs the loop; each iteration:
 2. admits prepared jobs in arrival order while a cache slot is free (admission control: the others wait, and
    the queue length is reported);
 3. runs prompt chunks of the jobs in prefill, oldest first, up to ``prefill_chunk`` tokens in all, so a long
-   image prompt never stalls the running sequences for more than one chunk; the prompts finished in the step
-   share one LM-head call for their first token;
-4. runs one decode step over every sequence past its prefill, samples per row, streams text, and releases the
-   slot of every sequence that finished or whose client cancelled.
+   image prompt never stalls the running sequences for more than one chunk;
+4. runs one decode step over every sequence past its prefill; the prompts finished in step 3 get their first
+   token from the same LM-head call; samples per row, streams text, and releases the slot of every sequence that
+   finished or whose client cancelled.
 
 A sequence's numbers do not depend on its neighbours: its own positions and cache slot, a mask over its own
 keys, its own sampling settings and random generator. There is no preemption: a slot reserves the whole
@@ -164,10 +164,12 @@ class Scheduler:
         self.closing = False
         self.thread: threading.Thread | None = None
         self.on_step: Callable[[SchedulerStats], None] | None = None
+        head = self.runner.head.extra_bytes
         log.info("continuous batching: %d cache slots of %d positions (%.1f MiB), prefill chunk %d, vision cache "
-                 "%.0f MiB, %s decode, %s", self.runner.cache.slots, self.max_len, self.runner.cache.nbytes / 2**20,
+                 "%.0f MiB, %s decode%s, %s", self.runner.cache.slots, self.max_len, self.runner.cache.nbytes / 2**20,
                  prefill_chunk, vision_cache_bytes / 2**20, "fixed-shape (CUDA graphs on GPU)" if self.runner.graphs
-                 else "dynamic", self.threads.describe())
+                 else "dynamic", f", LM head through a transposed copy ({head / 2**20:.0f} MiB)" if head else "",
+                 self.threads.describe())
 
     # ----------------------------------------------------------------------------------------- control
     def start(self) -> Scheduler:
@@ -222,8 +224,8 @@ class Scheduler:
         self.threads.for_step(len(self.preparing))
         self._check_cancelled()
         self._admit()
-        worked = self._prefill()
-        worked = self._decode_step() or worked
+        chunks = bool(self.prefilling)
+        worked = self._decode_step(self._prefill()) or chunks
         s = self.stats
         s.waiting, s.preparing, s.running = len(self.waiting), len(self.preparing), len(self.prefilling) + len(
             self.decoding)
@@ -317,9 +319,10 @@ class Scheduler:
             seq.detok = Detokenizer(self.tokenizer, job.stop)
             self.prefilling.append(seq)
 
-    def _prefill(self) -> bool:
-        """Prompt chunks of the jobs in prefill, oldest first, ``prefill_chunk`` tokens in all this step."""
-        budget, worked = self.prefill_chunk, False
+    def _prefill(self) -> list[tuple[Sequence, torch.Tensor]]:
+        """Prompt chunks of the jobs in prefill, oldest first, ``prefill_chunk`` tokens in all this step; the jobs
+        whose prompt is complete, with the last hidden state (their first token is sampled by ``_decode_step``)."""
+        budget = self.prefill_chunk
         done: list[tuple[Sequence, torch.Tensor]] = []
         for seq in list(self.prefilling):
             if budget <= 0:
@@ -328,31 +331,33 @@ class Scheduler:
             end = min(total, seq.pos + budget)
             last = self.runner.prefill(seq.slot, seq.embeds[:, seq.pos:end], seq.pos)
             budget -= end - seq.pos
-            seq.pos, worked = end, True
+            seq.pos = end
             if end < total:
                 break
             done.append((seq, last))
-        if done:  # one LM-head call for every prompt finished in this step
-            picks = sample_rows(self.runner.logits(torch.stack([h for _, h in done])), [q.sampler for q, _ in done])
-            for (seq, _), (token, logprob) in zip(done, picks):
-                self.prefilling.remove(seq)  # after sampling: a failure there leaves it where _fail_all finds it
-                seq.embeds = None
-                self.decoding.append(seq)
-                self._emit_token(seq, token, logprob)
-        return worked
+        return done
 
-    def _decode_step(self) -> bool:
-        if not self.decoding:
+    def _decode_step(self, prefilled: list[tuple[Sequence, torch.Tensor]]) -> bool:
+        """One token for every decoding sequence, and the first token of each prompt finished this step: one LM-head
+        call for all of them (on Eagle2-1B the head, 151k x 896, costs most of a decode step)."""
+        if not self.decoding and not prefilled:
             return False
         rows = sorted(self.decoding, key=lambda q: q.slot)
-        tokens = torch.tensor([q.last_token for q in rows])
-        lengths = torch.tensor([q.pos for q in rows])
-        logits = self.runner.decode([q.slot for q in rows], tokens, lengths)
+        extra = torch.stack([h for _, h in prefilled]) if prefilled else None
+        logits = self.runner.decode([q.slot for q in rows], torch.tensor([q.last_token for q in rows]),
+                                    torch.tensor([q.pos for q in rows]), extra)
         for q in rows:
             q.pos += 1
-        nxt = sample_rows(logits, [q.sampler for q in rows])
-        self.stats.steps += 1
-        for q, (token, logprob) in zip(rows, nxt):
+        newcomers = [q for q, _ in prefilled]
+        picks = sample_rows(logits, [q.sampler for q in rows + newcomers])
+        if rows:
+            self.stats.steps += 1
+        for q, (token, logprob) in zip(rows, picks):
+            self._emit_token(q, token, logprob)
+        for q, (token, logprob) in zip(newcomers, picks[len(rows):]):
+            self.prefilling.remove(q)  # after sampling: a failure there leaves it where _fail_all finds it
+            q.embeds = None
+            self.decoding.append(q)
             self._emit_token(q, token, logprob)
         return True
 
