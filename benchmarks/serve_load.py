@@ -8,9 +8,10 @@ the same request list, each on a fresh backend, one after the other.
 
 Printed per model and engine: output tokens/s, time to first token p50/p95, inter-token latency p50/p95, peak
 memory (process RSS above the start, or CUDA peak allocated), and for the continuous engine the vision-cache
-hits and the vision-tower time they saved; then the ratios continuous / static, and the LM head alone at the
-batch size, as the model runs it and as the continuous engine does (on a CPU with float32 weights the engine keeps
-a transposed copy of the head, ``OutputHead``: part of its lead on a large-vocabulary model comes from there).
+hits, the vision-tower time they saved and the prompt tokens KV prefix reuse copied; then the ratios continuous /
+static, and the LM head alone at the batch size, as the model runs it and as the continuous engine does (on a CPU
+with float32 weights the engine keeps a transposed copy of the head, ``OutputHead``: part of its lead on a
+large-vocabulary model comes from there).
 
     python benchmarks/serve_load.py                         # tiny model + a mid-size CPU config (about 4 minutes)
     python benchmarks/serve_load.py --rate 32               # arrivals outrun both engines: tokens/s is capacity
@@ -216,6 +217,8 @@ def report(name: str, load: list[Request], results: list[dict]) -> str:
         f"{s.get('vision_seconds_saved', 0.0):.3f}s of vision tower saved, {s.get('vision_seconds', 0.0):.3f}s "
         f"spent on misses; {repeats} repeated images in the load"
     )
+    lines.append(f"  KV prefix reuse (continuous): {s.get('prefix_hits', 0)} requests, {s.get('prefix_tokens', 0)} "
+                 "prompt tokens copied instead of computed")
     lines.append(f"  ratio continuous/static: tokens/s {cont['tok_s'] / static['tok_s']:.2f}x, TTFT p95 "
                  f"{cont['ttft95'] / static['ttft95']:.2f}x, TTFT p50 {cont['ttft50'] / static['ttft50']:.2f}x, "
                  f"ITL p95 {cont['itl95'] / static['itl95']:.2f}x")

@@ -79,6 +79,9 @@ class ServeSettings(BaseSettings):
     vision_cache_memory: Annotated[int, NoDecode] = Field(
         256 * 2**20, ge=0, description="bytes (or 256MiB) of vision-tower outputs kept for repeated images "
         "(0: off)")
+    enable_prefix_caching: bool = Field(True, description="continuous: a prompt that begins like a sequence still "
+                                        "in the KV cache (an earlier chat turn, a shared system prompt) copies that "
+                                        "prefix's keys/values instead of computing them")
     preprocess_workers: int | None = Field(None, ge=1, description="threads decoding, tiling and encoding images "
                                            "while others decode (default: half the CPU threads on CPU, 2 on GPU)")
     cuda_graphs: bool = Field(True, description="continuous, GPU only: capture the decode step as one CUDA graph per "
@@ -182,7 +185,8 @@ class ServeSettings(BaseSettings):
         """Keyword arguments of ``Engine.scheduler`` (the continuous-batching engine)."""
         return {"kv_cache_memory": self.kv_cache_memory, "max_num_seqs": self.max_num_seqs,
                 "prefill_chunk": self.prefill_chunk, "vision_cache_bytes": self.vision_cache_memory,
-                "preprocess_workers": self.preprocess_workers, "graphs": None if self.cuda_graphs else False}
+                "preprocess_workers": self.preprocess_workers, "graphs": None if self.cuda_graphs else False,
+                "prefix_caching": self.enable_prefix_caching}
 
     @property
     def model_name(self) -> str:

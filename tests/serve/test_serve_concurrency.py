@@ -79,3 +79,4 @@ def test_staggered_concurrent_requests_equal_each_alone(server, sensitive_ckpt):
     assert metric_value(text, "nemo_eagle_engine_vision_hits") >= 2  # imgs[0] re-sent (3 requests hold it)
     assert metric_value(text, "nemo_eagle_engine_slots") == 3
     assert "nemo_eagle_engine_waiting" in text
+    assert "nemo_eagle_engine_prefix_hits" in text and "nemo_eagle_engine_prefix_tokens" in text

@@ -366,3 +366,116 @@ def test_decoding_takes_every_core_while_nothing_is_prepared():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------- KV prefix reuse
+def run_in_turn(engine, jobs, *, wait_first_token: bool = False, **options):
+    """Submit ``jobs`` to one scheduler one after another: each after the previous one finished, or (with
+    ``wait_first_token``) as soon as the previous one started decoding."""
+    sched = engine.scheduler(**{"max_num_seqs": 2, "prefill_chunk": 64, **options}).start()
+    got = Collector([j.request_id for j in jobs])
+    try:
+        for j in jobs:
+            started = threading.Event()
+
+            def sink(ev, rid=j.request_id, started=started):
+                got.sink(rid)(ev)
+                if wait_first_token or ev.finish_reason:
+                    started.set()
+
+            sched.submit(j, sink)
+            assert started.wait(60)
+        assert got.done.wait(120)
+    finally:
+        sched.close(30)
+    return got, sched
+
+
+def flipped(data: bytes) -> bytes:
+    """The same size, other content: ``data`` upside down."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_positions(engine, j: GenerationJob) -> list[int]:
+    ids = engine.processor(text=j.prompt, images=j.images, max_tiles=j.max_tiles)["input_ids"][0]
+    return (ids == engine.model.image_token_id).nonzero().reshape(-1).tolist()
+
+
+def test_next_chat_turn_reuses_the_conversation_so_far(engine):
+    first = job(engine, "turn-1", "what is this", IMGS[:1], n=12)
+    got, _ = run_in_turn(engine, [first])
+    answer = got.text("turn-1")
+    convo = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this"}]},
+             {"role": "assistant", "content": answer}, {"role": "user", "content": "and the colours?"}]
+    second = GenerationJob(request_id="turn-2", prompt=engine.render(convo), max_tiles=2, max_new_tokens=12,
+                           images=IMGS[:1])
+    got, sched = run_in_turn(engine, [first, second])
+    assert got.text("turn-1") == answer
+    assert got.text("turn-2") == oracle(engine, second)[0]  # the request computed from scratch, alone
+    # the whole first turn (its image included) came from the cache: only the new turn was computed
+    assert sched.stats.prefix_hits == 1 and sched.stats.prefix_tokens > image_positions(engine, second)[-1]
+    assert sched.stats.prefix_tokens > got.events["turn-1"][0].prompt_tokens  # and the answer's first tokens
+
+    _, off = run_in_turn(engine, [first, second], prefix_caching=False)
+    assert off.stats.prefix_hits == 0 and off.stats.prefix_tokens == 0
+
+
+def test_prefix_reuse_tells_images_apart(engine):
+    """Same placeholder ids, other image: reuse stops where the images begin."""
+    text = "Please look carefully at the following picture, then answer the question that comes after it."
+    content = [{"type": "text", "text": text}, {"type": "image"}, {"type": "text", "text": "what is this"}]
+    prompt = engine.render([{"role": "user", "content": content}])
+    a = GenerationJob(request_id="a", prompt=prompt, max_tiles=2, max_new_tokens=12, images=IMGS[:1])
+    b = GenerationJob(request_id="b", prompt=prompt, max_tiles=2, max_new_tokens=12, images=[flipped(IMGS[0])])
+    got, sched = run_in_turn(engine, [a, b])
+    start = image_positions(engine, b)[0]
+    assert image_positions(engine, a)[0] == start >= 16
+    assert sched.stats.prefix_hits == 1 and sched.stats.prefix_tokens == start
+    assert got.text("b") == oracle(engine, b)[0] != got.text("a")
+
+
+def test_shared_system_prompt_is_copied_from_a_running_sequence(engine):
+    system = ("You are a careful assistant for a museum. Answer in one short sentence, name the objects you see, "
+              "and never guess dates.")
+
+    def chat(rid, question, n):
+        msgs = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        return GenerationJob(request_id=rid, prompt=engine.render(msgs), max_tiles=2, max_new_tokens=n)
+
+    jobs = [chat("first", "hello there", 40), chat("second", "what is the oldest thing here", 12)]
+    got, sched = run_in_turn(engine, jobs, wait_first_token=True)
+    assert len(got.events["first"]) > 1 and got.events["first"][0].batch_size == 1
+    assert got.events["second"][0].batch_size == 2  # it joined while the first decoded: copied from its slot
+    assert sched.stats.prefix_hits == 1 and sched.stats.prefix_tokens >= 30
+    for j in jobs:
+        assert got.text(j.request_id) == oracle(engine, j)[0], j.request_id
+
+
+def test_prefix_cache_offers_only_written_positions():
+    from nemo_eagle.serve.engine.prefix_cache import PrefixCache
+
+    cache = PrefixCache(slots=3, min_tokens=16)
+    prompt = torch.arange(100)
+    cache.assign(0, prompt, 0)
+    assert cache.lookup(prompt) == (None, 0)  # nothing written yet
+    cache.prefilled(0, 64)  # one prompt chunk in: a sequence that joins now may copy those 64 positions only
+    assert cache.lookup(prompt) == (0, 64)
+    cache.prefilled(0, 100)
+    assert cache.lookup(prompt) == (0, 99)  # the last position is always computed (its state gives a token)
+    for token in (7, 8, 9):
+        cache.decoded(0, token)
+    longer = torch.cat([prompt, torch.tensor([7, 8, 5, 1])])
+    assert cache.lookup(longer) == (0, 102)  # the prompt and the generated tokens up to the first difference
+    other = prompt.clone()
+    other[10] = -1
+    assert cache.lookup(other) == (None, 0)  # 10 shared positions: under min_tokens
+    cache.assign(1, other, 0)
+    cache.prefilled(1, 100)
+    cache.assign(0, torch.arange(5, 50), 0)  # slot 0 taken by another sequence: its old contents are gone
+    assert cache.lookup(prompt) == (None, 0) and cache.lookup(other) == (1, 99)

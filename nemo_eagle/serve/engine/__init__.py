@@ -1,7 +1,8 @@
 """The serving engine, in modules: ``wire`` (jobs, events, errors crossing the front/backend boundary),
 ``core`` (``Engine``: prompt planning on the front, input preparation and static batching on the model side),
-``scheduler`` (continuous batching), ``kv_cache`` (the preallocated slot cache), ``runner`` (model calls),
-``vision_cache`` (repeated images) and the detokenizer shared with ``EagleModel`` (``modeling.detokenizer``)."""
+``scheduler`` (continuous batching), ``kv_cache`` (the preallocated slot cache), ``prefix_cache`` (KV prefix
+reuse), ``runner`` (model calls), ``vision_cache`` (repeated images) and the detokenizer shared with
+``EagleModel`` (``modeling.detokenizer``)."""
 
 from nemo_eagle.modeling.detokenizer import Detokenizer
 from nemo_eagle.serve.engine.core import RESERVED_MARKUP, Engine, PreparedJob

@@ -43,6 +43,7 @@ class PreparedJob:
     image_keys: list[tuple]
     embeds: Tensor | None = None  # (1, L, H) once the scheduler's worker encoded the images and merged them
     sampler: Any = None  # the job's TokenSampler (engine/sampling.py), built by the scheduler's worker
+    position_keys: Tensor | None = None  # (L,) identities of the prompt positions, for KV prefix reuse
 
     @property
     def prompt_tokens(self) -> int:

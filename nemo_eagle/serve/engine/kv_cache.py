@@ -70,11 +70,21 @@ class SlotKVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
 
-    def allocate(self) -> int | None:
+    def allocate(self, prefer: int | None = None) -> int | None:
+        """A free slot: ``prefer`` if it is free (it holds a prefix the new sequence reuses), else the lowest."""
         if not self.free:
             return None
+        if prefer is not None and prefer in self.free:
+            self.free.remove(prefer)
+            return prefer
         self.free.sort()
         return self.free.pop(0)
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Positions ``0..n`` of slot ``src`` into slot ``dst``, in every layer."""
+        for k, v in zip(self.k, self.v):
+            k[dst, :, :n] = k[src, :, :n]
+            v[dst, :, :n] = v[src, :, :n]
 
     def release(self, slot: int) -> None:
         if slot in self.free or not 0 <= slot < self.slots:

@@ -6,7 +6,8 @@ One thread runs the loop; each iteration:
    with many images does not stall the decoding of the others; a text-only job is tokenised on the spot (it
    would otherwise wait behind image work in the pool, and costs less than the hand-off);
 2. admits prepared jobs in arrival order while a cache slot is free (admission control: the others wait, and
-   the queue length is reported);
+   the queue length is reported); a prompt prefix whose keys/values a slot still holds is copied, not computed
+   (``prefix_cache.py``);
 3. runs prompt chunks of the jobs in prefill, oldest first, up to ``prefill_chunk`` tokens in all, so a long
    image prompt never stalls the running sequences for more than one chunk;
 4. runs one decode step over every sequence past its prefill; the prompts finished in step 3 get their first
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 
 from nemo_eagle.modeling.detokenizer import Detokenizer
+from nemo_eagle.serve.engine.prefix_cache import PrefixCache, position_keys
 from nemo_eagle.serve.engine.runner import ModelRunner
 from nemo_eagle.serve.engine.sampling import LogprobEntry, TokenSampler, sample_rows
 from nemo_eagle.serve.engine.wire import EngineError, GenerationEvent, GenerationJob
@@ -57,6 +59,8 @@ class SchedulerStats:
     vision_misses: int = 0
     vision_seconds_saved: float = 0.0
     vision_seconds: float = 0.0
+    prefix_hits: int = 0
+    prefix_tokens: int = 0
     idle: bool = False  # the last iteration had nothing to do (observers: report now, it may sleep a while)
 
 
@@ -143,7 +147,7 @@ class Scheduler:
 
     def __init__(self, engine: Any, *, kv_cache_memory: int | None = None, max_num_seqs: int | None = 16,
                  prefill_chunk: int = 512, vision_cache_bytes: int = 256 * 2**20, preprocess_workers: int | None = None,
-                 graphs: bool | None = None, decode_threads: int | None = None):
+                 graphs: bool | None = None, decode_threads: int | None = None, prefix_caching: bool = True):
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.max_len = engine.max_model_len
@@ -151,6 +155,7 @@ class Scheduler:
                                         max_num_seqs=max_num_seqs, vision_cache_bytes=vision_cache_bytes,
                                         graphs=graphs)
         self.prefill_chunk = prefill_chunk
+        self.prefix = PrefixCache(self.runner.cache.slots) if prefix_caching else None
         self.inbox: queue.SimpleQueue[Sequence] = queue.SimpleQueue()
         self.wake = threading.Event()
         self.threads = CpuThreads.plan(engine.model.device.type, preprocess_workers, decode_threads)
@@ -165,9 +170,10 @@ class Scheduler:
         self.thread: threading.Thread | None = None
         self.on_step: Callable[[SchedulerStats], None] | None = None
         head = self.runner.head.extra_bytes
-        log.info("continuous batching: %d cache slots of %d positions (%.1f MiB), prefill chunk %d, vision cache "
-                 "%.0f MiB, %s decode%s, %s", self.runner.cache.slots, self.max_len, self.runner.cache.nbytes / 2**20,
-                 prefill_chunk, vision_cache_bytes / 2**20, "fixed-shape (CUDA graphs on GPU)" if self.runner.graphs
+        log.info("continuous batching: %d cache slots of %d positions (%.1f MiB), prefill chunk %d, prefix reuse %s, "
+                 "vision cache %.0f MiB, %s decode%s, %s", self.runner.cache.slots, self.max_len,
+                 self.runner.cache.nbytes / 2**20, prefill_chunk, "on" if prefix_caching else "off",
+                 vision_cache_bytes / 2**20, "fixed-shape (CUDA graphs on GPU)" if self.runner.graphs
                  else "dynamic", f", LM head through a transposed copy ({head / 2**20:.0f} MiB)" if head else "",
                  self.threads.describe())
 
@@ -237,6 +243,8 @@ class Scheduler:
                 vc.stats.seconds_saved,
             )
         s.vision_seconds = self.runner.vision_seconds
+        if self.prefix is not None:
+            s.prefix_hits, s.prefix_tokens = self.prefix.stats.hits, self.prefix.stats.tokens
         s.idle = not worked
         if self.on_step is not None:
             self.on_step(s)
@@ -267,6 +275,9 @@ class Scheduler:
         if prep.prompt_tokens + job.max_new_tokens <= self.max_len:
             feats = self.runner.image_features(prep.pixels, prep.image_keys)
             prep.embeds = self.runner.embed(prep.input_ids, feats)
+        if self.prefix is not None:
+            prep.position_keys = position_keys(prep.input_ids, self.engine.model.image_token_id, prep.image_keys,
+                                               [p.num_tokens for p in prep.plans])
         prep.pixels = []  # tiles are not needed once encoded
         return prep
 
@@ -312,8 +323,15 @@ class Scheduler:
         cache = self.runner.cache
         while self.waiting and cache.free:
             seq = self.waiting.popleft()
-            seq.slot = cache.allocate()
             job, prep = seq.job, seq.prepared
+            if self.prefix is None:
+                seq.slot = cache.allocate()
+            else:  # a prefix another slot holds is copied, not computed (the first prompt chunk starts after it)
+                src, seq.pos = self.prefix.lookup(prep.position_keys)
+                seq.slot = cache.allocate(prefer=src)
+                if seq.pos and src != seq.slot:
+                    cache.copy_prefix(src, seq.slot, seq.pos)
+                self.prefix.assign(seq.slot, prep.position_keys, seq.pos)
             seq.embeds, prep.embeds = prep.embeds, None
             seq.sampler, prep.sampler = prep.sampler, None
             seq.detok = Detokenizer(self.tokenizer, job.stop)
@@ -332,6 +350,8 @@ class Scheduler:
             last = self.runner.prefill(seq.slot, seq.embeds[:, seq.pos:end], seq.pos)
             budget -= end - seq.pos
             seq.pos = end
+            if self.prefix is not None:
+                self.prefix.prefilled(seq.slot, end)
             if end < total:
                 break
             done.append((seq, last))
@@ -348,6 +368,8 @@ class Scheduler:
                                     torch.tensor([q.pos for q in rows]), extra)
         for q in rows:
             q.pos += 1
+            if self.prefix is not None:
+                self.prefix.decoded(q.slot, q.last_token)
         newcomers = [q for q, _ in prefilled]
         picks = sample_rows(logits, [q.sampler for q in rows + newcomers])
         if rows:
