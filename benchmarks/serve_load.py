@@ -225,7 +225,7 @@ def report(name: str, load: list[Request], results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def head_timing(engine, rows: int, repeats: int = 5) -> str:
+def head_timing(engine, rows: int, repeats: int = 20) -> str:
     """The LM head on ``rows`` hidden states: the model's own module against the engine's ``OutputHead`` (what the
     continuous engine's decode step calls), so the part of the gap that comes from the head's layout is visible."""
     import torch
@@ -244,8 +244,8 @@ def head_timing(engine, rows: int, repeats: int = 5) -> str:
                 fn(hidden)
             times[name] = (time.perf_counter() - t0) / repeats * 1e3
     how = "transposed weight copy" if head.transposed is not None else "the same module"
-    return (f"  LM head, {rows} rows: the model's own {times['own']:.1f} ms, the engine's ({how}) "
-            f"{times['engine']:.1f} ms ({times['own'] / times['engine']:.2f}x)")
+    return (f"  LM head, {rows} rows: the model's own {times['own']:.2f} ms, the engine's ({how}) "
+            f"{times['engine']:.2f} ms ({times['own'] / times['engine']:.2f}x)")
 
 
 def main(argv: list[str] | None = None) -> int:
