@@ -72,7 +72,9 @@ def test_logprobs_equal_a_rescoring_of_the_same_tokens(client, engine, params):
     # the text is the tokens' text, and a plain request (token text, not ids) has the same numbers
     plain = chat(client, logprobs=True, top_logprobs=5, **params).choices[0]
     assert plain.message.content == r.choices[0].message.content
-    assert [c.logprob for c in plain.logprobs.content] == [lp for _, lp, _ in got]
+    # the same numbers up to rounding: the second request reuses the first one's prompt keys/values (KV prefix
+    # reuse), so its last prompt position is computed alone instead of within the whole prompt
+    assert [c.logprob for c in plain.logprobs.content] == pytest.approx([lp for _, lp, _ in got], rel=1e-5, abs=1e-6)
     assert all(bytes(c.bytes).decode(errors="replace") == c.token for c in plain.logprobs.content)
     text = [c for c in plain.logprobs.content if c.token not in engine.tokenizer.special_tokens]
     assert bytes(b for c in text for b in c.bytes).decode(errors="replace") == plain.message.content
