@@ -38,6 +38,7 @@ from nemo_eagle.serve.schema import (
     ChunkChoice,
     Delta,
     ImagePart,
+    PromptTokensDetails,
     Usage,
 )
 from nemo_eagle.serve.state import ServeState, error_response
@@ -63,12 +64,14 @@ class Completion:
     prompt_tokens: int
     tiling: list[dict[str, Any]]
     choices: list[ChoiceState] = field(default_factory=list)
+    cached_tokens: int | None = None  # None: the backend does not report them (static batching, the fake backend)
 
     @property
     def usage(self) -> Usage:
         completion = sum(c.completion_tokens for c in self.choices)
+        details = None if self.cached_tokens is None else PromptTokensDetails(cached_tokens=self.cached_tokens)
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion,
-                     total_tokens=self.prompt_tokens + completion)
+                     total_tokens=self.prompt_tokens + completion, prompt_tokens_details=details)
 
 
 # ---------------------------------------------------------------------------------------------- request
@@ -197,7 +200,8 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
         st.metrics.tiling_reduced.inc()
     streams = [_tracked(st, job) for job in jobs]
     firsts = await first_events(streams)
-    completion = Completion(prompt_tokens=firsts[0].prompt_tokens or plan.prompt_tokens, tiling=plan.tiling)
+    completion = Completion(prompt_tokens=firsts[0].prompt_tokens or plan.prompt_tokens, tiling=plan.tiling,
+                            cached_tokens=firsts[0].cached_tokens)
     backend_tiles = [(tuple(t["grid"]), t["num_tiles"]) for t in firsts[0].tiling or []]
     if firsts[0].tiling is not None and backend_tiles != [(p.grid, p.num_tiles) for p in plan.plans]:
         await _close_all(streams)  # the backend applies the plans it is sent: a difference is a bug, not a warning

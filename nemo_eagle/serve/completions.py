@@ -125,7 +125,9 @@ async def completions(req: CompletionRequest, request: Request):
     streams = [_tracked(st, job) for job in make_jobs(req, plans, cid, sampling)]
     firsts = await first_events(streams)
     prompt_tokens = sum(firsts[p * req.n].prompt_tokens or plans[p].prompt_tokens for p in range(len(plans)))
-    completion = Completion(prompt_tokens=prompt_tokens, tiling=[])
+    heads = [firsts[p * req.n] for p in range(len(plans))]  # the prompt counted once, like its tokens
+    cached = None if any(ev.cached_tokens is None for ev in heads) else sum(ev.cached_tokens for ev in heads)
+    completion = Completion(prompt_tokens=prompt_tokens, tiling=[], cached_tokens=cached)
     st.metrics.prompt_tokens.inc(prompt_tokens)
     tt = TokenText(st.engine.tokenizer, as_ids=req.return_tokens_as_token_ids)
     if req.stream:

@@ -80,3 +80,26 @@ def test_staggered_concurrent_requests_equal_each_alone(server, sensitive_ckpt):
     assert metric_value(text, "nemo_eagle_engine_slots") == 3
     assert "nemo_eagle_engine_waiting" in text
     assert "nemo_eagle_engine_prefix_hits" in text and "nemo_eagle_engine_prefix_tokens" in text
+
+
+def test_next_turn_reports_the_prompt_tokens_taken_from_the_kv_cache(server, sensitive_ckpt):
+    """The second turn of a chat resends the first: its keys/values are copied (KV prefix reuse), reported as
+    OpenAI's ``usage.prompt_tokens_details.cached_tokens``, and the answer is the one computed from scratch."""
+    img = png_bytes(500, 400, 21)
+    client = openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0, timeout=300)
+    first = [{"role": "system", "content": "You look at pictures for a museum catalogue. Answer in one sentence."},
+             *image_message([data_url(img)], "what is in this picture")]
+    kw = {"model": "m", "max_tokens": 10, "temperature": 0, "extra_body": {"max_tiles": 2}}
+    a = client.chat.completions.create(messages=first, **kw)
+    assert a.usage.prompt_tokens_details.cached_tokens == 0  # nothing in the cache starts like it
+    second = [*first, {"role": "assistant", "content": a.choices[0].message.content},
+              {"role": "user", "content": "and what colour is it?"}]
+    chunks = list(client.chat.completions.create(messages=second, stream=True,
+                                                 stream_options={"include_usage": True}, **kw))
+    usage = chunks[-1].usage
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert a.usage.prompt_tokens < usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens
+    engine = Engine.from_pretrained(sensitive_ckpt, max_model_len=CONTEXT, device="cpu", dtype="float32")
+    assert a.choices[0].message.content == alone(engine, first, [img], 10, 2)
+    assert text == alone(engine, second, [img], 10, 2)
+    client.close()

@@ -130,6 +130,7 @@ class Sequence:
     embeds: torch.Tensor | None = None
     slot: int | None = None
     pos: int = 0  # prompt positions written into the cache
+    reused: int = 0  # of them, copied from another slot's prefix
     generated: int = 0
     last_token: int = 0
     detok: Detokenizer | None = None
@@ -332,6 +333,7 @@ class Scheduler:
                 if seq.pos and src != seq.slot:
                     cache.copy_prefix(src, seq.slot, seq.pos)
                 self.prefix.assign(seq.slot, prep.position_keys, seq.pos)
+                seq.reused = seq.pos
             seq.embeds, prep.embeds = prep.embeds, None
             seq.sampler, prep.sampler = prep.sampler, None
             seq.detok = Detokenizer(self.tokenizer, job.stop)
@@ -412,6 +414,8 @@ class Scheduler:
             seq.started = True
             kw.update(prompt_tokens=seq.prepared.prompt_tokens, tiling=seq.prepared.tiling,
                       batch_size=len(self.decoding) + (0 if seq in self.decoding else 1))
+            if self.prefix is not None:
+                kw["cached_tokens"] = seq.reused
         text, seq.held = seq.held + text, ""
         if seq.logprobs:
             kw["logprobs"], seq.logprobs = seq.logprobs, []

@@ -74,6 +74,7 @@ class GenerationEvent:
     finish_reason: str | None = None  # stop | length | cancelled | error
     completion_tokens: int = 0
     prompt_tokens: int | None = None
+    cached_tokens: int | None = None  # of prompt_tokens, copied from the KV cache (prefix reuse); first event only
     batch_size: int | None = None
     tiling: list[dict[str, Any]] | None = None
     error: dict[str, Any] | None = None

@@ -42,6 +42,7 @@ from nemo_eagle.serve.schema.common import (
     ErrorResponse,
     Int,
     NonEmpty,
+    PromptTokensDetails,
     Text,
     Usage,
 )
@@ -74,7 +75,8 @@ __all__ = [
     "MAX_STOP_SEQUENCES", "MAX_PROMPTS", "NonEmpty", "Text", "Int", "ErrorBody", "ErrorResponse", "ImageURL",
     "TextPart", "ImagePart", "ContentPart", "SystemMessage", "UserMessage", "AssistantTurn", "ChatMessage",
     "StreamOptions", "JsonSchemaFormat", "ResponseFormat", "StructuredOutputs", "SamplingFields",
-    "ChatCompletionRequest", "Usage", "AssistantMessage", "TopLogprob", "TokenLogprob", "ChoiceLogprobs", "Choice",
+    "ChatCompletionRequest", "PromptTokensDetails", "Usage", "AssistantMessage", "TopLogprob", "TokenLogprob",
+    "ChoiceLogprobs", "Choice",
     "ChatCompletion", "Delta", "ChunkChoice", "ChatCompletionChunk", "CompletionRequest", "CompletionLogprobs",
     "CompletionChoice", "TextCompletion", "EmbeddingRequest", "Embedding", "EmbeddingUsage", "EmbeddingResponse",
     "RankingText", "RankingRequest", "Ranking", "RankingResponse", "ModelPermission", "ModelCard", "ModelList",

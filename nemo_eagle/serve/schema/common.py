@@ -68,7 +68,14 @@ class ErrorResponse(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------------- usage
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(0, description="prompt tokens whose keys/values came from the KV cache (prefix reuse) "
+                               "instead of being computed")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = Field(
+        None, description="reported by the continuous-batching engine (OpenAI's field)")
