@@ -119,3 +119,17 @@ def test_refused_parameters_are_400_naming_them(client, param):
     with pytest.raises(openai.BadRequestError) as e:
         complete(client, **{"prompt": PROMPT, **REFUSED[param]})
     assert e.value.param == param, e.value.body
+
+
+def test_cached_prompt_tokens_are_reported_per_prompt(client, engine):
+    """Two prompts in one request, sent twice: the second time each takes all but its last position from the KV
+    cache, and ``usage.prompt_tokens_details.cached_tokens`` adds them up (each prompt counted once, like
+    ``prompt_tokens``, whatever ``n``)."""
+    prompts = ["Once upon a time, in a small village at the edge of a very large and very old forest, there lived",
+               "A list of the ten most common birds seen in city parks during the winter months, with notes:"]
+    lengths = [len(engine.tokenizer.encode(p)) for p in prompts]
+    first = complete(client, prompt=prompts, max_tokens=4, n=2, temperature=0.8, seed=1)
+    again = complete(client, prompt=prompts, max_tokens=4, n=2, temperature=0.8, seed=1)
+    assert first.usage.prompt_tokens == again.usage.prompt_tokens == sum(lengths)
+    assert again.usage.prompt_tokens_details.cached_tokens == sum(n - 1 for n in lengths)
+    assert [c.text for c in again.choices] == [c.text for c in first.choices]
