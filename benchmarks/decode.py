@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-# this folder holds a kernels.py that would shadow the `kernels` package transformers probes for
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+sys.path.insert(0, str(REPO))  # import from the repository root
 
-from nemo_eagle.config import get_preset  # noqa: E402 - after the sys.path fix above
+from nemo_eagle.config import get_preset  # noqa: E402 - after the repository root is on the path
 from nemo_eagle.modeling.eagle import EagleModel  # noqa: E402
 from nemo_eagle.modeling.generation import GenerationConfig, iter_tokens  # noqa: E402
 

@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# benchmarks/kernels.py would shadow the `kernels` package transformers probes for: import from the repository root
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+sys.path.insert(0, str(REPO))  # import from the repository root
 
 import schemathesis  # noqa: E402
 

@@ -23,7 +23,7 @@ step() {  # step NAME TIMEOUT_S CMD...: run, log, and keep going
 step env 60 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__, torch.cuda.get_device_name())"; python3 -c "import megatron.core as m; print(\"megatron-core\", m.__version__)"; python3 -c "import transformer_engine as te; print(\"TE\", te.__version__)" || echo "no transformer_engine"'
 # only the modules that hold GPU tests: the others may need packages the GPU image lacks (NeMo, Hydra, FastAPI)
 step gpu_tests 150 python3 -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors $(grep -rl "mark.gpu" tests --include="test_*.py")
-step kernels 100 python3 benchmarks/kernels.py
+step kernels 100 python3 benchmarks/kernel_ops.py
 step gpu_scale 200 python3 benchmarks/gpu_scale.py
 step vision_9b 120 python3 benchmarks/vision_9b.py --json "$LOG_DIR/vision_9b.json"
 step preprocess_cpu 30 python3 benchmarks/preprocess.py --seconds 1

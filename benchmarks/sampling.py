@@ -16,7 +16,6 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.remove(str(Path(__file__).resolve().parent))  # benchmarks/kernels.py would shadow the kernels package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nemo_eagle.serve.engine import Engine, GenerationJob

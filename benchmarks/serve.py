@@ -27,8 +27,6 @@ from urllib.parse import urlsplit
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-# this folder holds a kernels.py that would shadow the `kernels` package transformers probes for
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 DEFAULT_MODEL = REPO / "tests" / "fixtures" / "tiny-eagle2"
 log = logging.getLogger("benchmarks.serve")
 

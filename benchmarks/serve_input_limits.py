@@ -28,8 +28,6 @@ from pathlib import Path
 from serve import free_port, wait_ready  # the sibling benchmark's helpers (this folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
-# then drop this folder from the path: benchmarks/kernels.py would shadow the `kernels` package transformers imports
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 DEFAULT_MODEL = REPO / "tests" / "fixtures" / "tiny-eagle2"
 

@@ -36,8 +36,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-# this folder holds a kernels.py that would shadow the `kernels` package transformers probes for
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+sys.path.insert(0, str(REPO))  # import from the repository root
 
 from benchmarks.serve import png  # noqa: E402 - the same test images as benchmarks/serve.py
 

@@ -1,4 +1,4 @@
-"""benchmarks/kernels.py in CPU mode runs and prints both pipelines' throughput and their ratio."""
+"""benchmarks/kernel_ops.py in CPU mode runs and prints both pipelines' throughput and their ratio."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "kernel_ops.py"
 
 
 def test_cpu_benchmark_prints_images_per_second_and_ratio(capsys):

@@ -1,7 +1,7 @@
 """GPU tier: the compiled Triton kernels against the torch reference on the same GPU (bf16 / fp16 / fp32).
 
 Skipped on CPU machines (conftest's ``gpu`` marker) and when the kernels were imported in interpreter mode.
-Run on a GPU with ``pytest tests/kernels/test_kernels_gpu.py``; ``benchmarks/kernels.py`` times the same ops.
+Run on a GPU with ``pytest tests/kernels/test_kernels_gpu.py``; ``benchmarks/kernel_ops.py`` times the same ops.
 """
 
 from __future__ import annotations

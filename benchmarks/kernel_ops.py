@@ -11,8 +11,8 @@ GPU (default when CUDA is available), about 30-60 s:
 CPU (``--cpu``, or no GPU): the torch reference tiling (the processor's path) against a per-tile PIL pipeline
 (PIL bicubic resize, crop, per-tile ToTensor + Normalize), in images/s, and their ratio.
 
-    python benchmarks/kernels.py            # GPU if present
-    python benchmarks/kernels.py --cpu      # CPU preprocessing comparison
+    python benchmarks/kernel_ops.py            # GPU if present
+    python benchmarks/kernel_ops.py --cpu      # CPU preprocessing comparison
 """
 
 from __future__ import annotations
