@@ -479,3 +479,23 @@ def test_prefix_cache_offers_only_written_positions():
     cache.prefilled(1, 100)
     cache.assign(0, torch.arange(5, 50), 0)  # slot 0 taken by another sequence: its old contents are gone
     assert cache.lookup(prompt) == (None, 0) and cache.lookup(other) == (1, 99)
+
+
+def test_slot_cache_prefers_the_slot_holding_a_prefix_and_copies_one():
+    from nemo_eagle.serve.engine.kv_cache import SlotKVCache
+
+    cache = SlotKVCache(CacheShape(layers=2, kv_heads=1, head_dim=2, max_len=8, dtype=torch.float32), 4, "cpu")
+    assert [cache.allocate() for _ in range(3)] == [0, 1, 2]
+    cache.release(1)
+    assert cache.allocate(prefer=2) == 1  # slot 2 is taken: the lowest free one
+    cache.release(1)
+    cache.release(2)
+    assert cache.allocate(prefer=2) == 2 and sorted(cache.free) == [1, 3]
+    for layer in range(2):
+        cache.k[layer][0] = torch.arange(16.0).reshape(1, 8, 2) + layer
+        cache.v[layer][0] = -torch.arange(16.0).reshape(1, 8, 2) - layer
+    cache.copy_prefix(0, 3, 5)
+    for layer in range(2):
+        assert torch.equal(cache.k[layer][3, :, :5], cache.k[layer][0, :, :5])
+        assert torch.equal(cache.v[layer][3, :, :5], cache.v[layer][0, :, :5])
+        assert not cache.k[layer][3, :, 5:].any() and not cache.v[layer][3, :, 5:].any()
