@@ -25,7 +25,7 @@ class OutputHead:
     On a CPU with float32 weights it also keeps the weight transposed, (H, V) contiguous: for four rows or more,
     the BLAS GEMM behind ``F.linear`` reads the (V, H) weight through a transposed view much slower than it reads
     a contiguous (H, V) matrix (``benchmarks/serve_load.py`` prints both; 16 rows of Eagle2-1B's 151k x 896
-    head on two cores: 62 -> 42 ms), with the same arithmetic per output. Fewer rows go through the model's own
+    head on two cores: about 64 -> 37 ms), with the same arithmetic per output. Fewer rows go through the model's own
     head (matrix-vector kernels, fast either way), and so does every other device and dtype (bfloat16 kernels and
     GPUs handle the layout themselves). The price is one more copy of the head's weight, logged at start-up."""
 
@@ -33,10 +33,10 @@ class OutputHead:
 
     def __init__(self, lm: Any):
         self.module = lm.get_output_embeddings()
-        weight = self.module.weight
         self.transposed: Tensor | None = None
         self.bias = getattr(self.module, "bias", None)
-        if weight.device.type == "cpu" and weight.dtype == torch.float32:
+        weight = self.module.weight if isinstance(self.module, torch.nn.Linear) else None  # a plain projection only
+        if weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32:
             self.transposed = weight.detach().t().contiguous()
 
     @property
