@@ -461,6 +461,7 @@ def _log_request(st: ServeState, cid: str, plan: RequestPlan | None, completion:
     tiles = ", ".join(f"{t['width']}x{t['height']}->{t['grid'][0]}x{t['grid'][1]}/{t['num_tiles']}t"
                       + (f" (reduced from max_tiles={t['requested_max_tiles']})" if t.get("reduced") else "")
                       for t in completion.tiling) or "none"
-    log.info("%s prompt_tokens=%d completion_tokens=%d finish=%s images=[%s] %.3fs", cid, completion.prompt_tokens,
-             completion.usage.completion_tokens, ",".join(str(c.finish_reason) for c in completion.choices), tiles,
-             time.perf_counter() - started)
+    cached = "" if completion.cached_tokens is None else f" cached_tokens={completion.cached_tokens}"
+    log.info("%s prompt_tokens=%d%s completion_tokens=%d finish=%s images=[%s] %.3fs", cid, completion.prompt_tokens,
+             cached, completion.usage.completion_tokens, ",".join(str(c.finish_reason) for c in completion.choices),
+             tiles, time.perf_counter() - started)

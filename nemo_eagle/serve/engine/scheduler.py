@@ -334,6 +334,9 @@ class Scheduler:
                     cache.copy_prefix(src, seq.slot, seq.pos)
                 self.prefix.assign(seq.slot, prep.position_keys, seq.pos)
                 seq.reused = seq.pos
+                if seq.pos:
+                    log.debug("%s: %d of %d prompt positions copied from cache slot %d", job.request_id, seq.pos,
+                              prep.prompt_tokens, src)
             seq.embeds, prep.embeds = prep.embeds, None
             seq.sampler, prep.sampler = prep.sampler, None
             seq.detok = Detokenizer(self.tokenizer, job.stop)
