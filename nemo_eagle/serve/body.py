@@ -21,26 +21,31 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from nemo_eagle.serve.limits import check_input_count, check_message_count
+from nemo_eagle.serve.schema import ChatCompletionRequest, EmbeddingRequest, RankingRequest
 
 # Below this a body is decoded on the loop as FastAPI does (a 64 KiB body holds at most ~2,200 messages: ~20 ms
 # of validation; the thread hop would cost more than it saves on the small requests that dominate).
 LARGE_BODY = 64 * 1024
 
 
-def check_counts(path: str, data: Any, settings: Any) -> None:
-    """The caps on a body's lists, on decoded JSON before validation (each a 400 naming the field, as the route's
-    own check after validation answers)."""
-    if not isinstance(data, dict):
-        return
-    if path == "/v1/chat/completions" and isinstance(data.get("messages"), list):
-        check_message_count(len(data["messages"]), settings.max_messages)
-    elif path == "/v1/embeddings" and isinstance(data.get("input"), list):
-        check_input_count(len(data["input"]), settings.max_batch_inputs, "input")
-    elif path == "/v1/ranking" and isinstance(data.get("passages"), list):
-        check_input_count(len(data["passages"]), settings.max_batch_inputs, "passages")
+# Per body model, the list a server cap bounds and the check of its length (what the route checks after
+# validation, as a 400 naming the field)
+LIST_CAPS: dict[type, tuple[str, Callable[[int, Any], None]]] = {
+    ChatCompletionRequest: ("messages", lambda n, s: check_message_count(n, s.max_messages)),
+    EmbeddingRequest: ("input", lambda n, s: check_input_count(n, s.max_batch_inputs, "input")),
+    RankingRequest: ("passages", lambda n, s: check_input_count(n, s.max_batch_inputs, "passages")),
+}
 
 
-def decode_body(raw: bytes, field: Any, path: str, settings: Any) -> Any:
+def check_counts(model: type, data: Any, settings: Any) -> None:
+    """The cap on a body's list, on decoded JSON before validation: a list over it is refused before pydantic
+    walks it."""
+    cap = LIST_CAPS.get(model)
+    if cap is not None and isinstance(data, dict) and isinstance(data.get(cap[0]), list):
+        cap[1](len(data[cap[0]]), settings)
+
+
+def decode_body(raw: bytes, field: Any, settings: Any) -> Any:
     """``raw`` as the route's body model (blocking; runs on a worker thread), validated by the route's own body
     field. Raises what FastAPI's path raises for the same body: RequestValidationError for bad JSON or a schema
     violation, EngineError from the model's validators and the count caps."""
@@ -49,7 +54,7 @@ def decode_body(raw: bytes, field: Any, path: str, settings: Any) -> Any:
     except json.JSONDecodeError as e:  # the error FastAPI builds for a body it cannot decode
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error",
                                        "input": {}, "ctx": {"error": e.msg}}], body=e.doc) from e
-    check_counts(path, data, settings)
+    check_counts(field.field_info.annotation, data, settings)
     value, errors = field.validate(data, {}, loc=("body",))
     if errors:
         raise RequestValidationError(errors, body=data)
@@ -71,7 +76,6 @@ class LargeBodyRoute(APIRoute):
         field = self.body_field
         if field is None or not isinstance(field.field_info.annotation, type):
             return handler
-        path = self.path
 
         async def route(request: Request) -> Response:
             declared = request.headers.get("content-length")
@@ -84,7 +88,7 @@ class LargeBodyRoute(APIRoute):
                 # NOTE: Request.json() returns ``_json`` when set, and pydantic passes an instance of the model
                 # through unvalidated (revalidate_instances="never"), so FastAPI's handler does no second pass.
                 request._json = await asyncio.get_running_loop().run_in_executor(
-                    st.planner, decode_body, raw, field, path, st.settings)
+                    st.planner, decode_body, raw, field, st.settings)
             return await handler(request)
 
         return route

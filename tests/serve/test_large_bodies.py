@@ -148,3 +148,30 @@ def test_long_text_surrogate_scan_finds_it_anywhere(where):
     assert has_surrogate(bad) == bool(reference.search(bad)) is True
     assert has_surrogate(text) == bool(reference.search(text)) is False
     assert not has_surrogate("plain ascii") and has_surrogate("ascii then \ud800")
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/embeddings", "/v1/ranking"])
+def test_an_oversized_list_is_refused_before_validation(route):
+    """The count cap is checked on the decoded JSON: the body model's validation never sees the list."""
+    from types import SimpleNamespace
+
+    from nemo_eagle.serve.chat import router as chat
+    from nemo_eagle.serve.engine import EngineError
+    from nemo_eagle.serve.retrieval import router as retrieval
+
+    field = next(r for r in chat.routes + retrieval.routes if r.path == route).body_field
+    key, cap = {"/v1/chat/completions": ("messages", 2048), "/v1/embeddings": ("input", 64),
+                "/v1/ranking": ("passages", 64)}[route]
+    settings = ServeSettings(model_path="tiny-eagle2", max_messages=2048, max_batch_inputs=64)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the oversized list reached validation")
+
+    unvalidated = SimpleNamespace(field_info=field.field_info, validate=refuse)
+    raw = json.dumps({"model": MODEL, key: ["x"] * (cap + 1)}).encode()
+    with pytest.raises(EngineError) as e:
+        body_module.decode_body(raw, unvalidated, settings)
+    assert e.value.param == key and str(cap + 1) in str(e.value)
+    within = json.dumps({"model": MODEL, key: ["x"] * cap}).encode()
+    with pytest.raises(AssertionError, match="reached validation"):  # at the cap: on to validation
+        body_module.decode_body(within, unvalidated, settings)
