@@ -499,3 +499,15 @@ def test_slot_cache_prefers_the_slot_holding_a_prefix_and_copies_one():
         assert torch.equal(cache.k[layer][3, :, :5], cache.k[layer][0, :, :5])
         assert torch.equal(cache.v[layer][3, :, :5], cache.v[layer][0, :, :5])
         assert not cache.k[layer][3, :, 5:].any() and not cache.v[layer][3, :, 5:].any()
+
+
+def test_prefix_reuse_flag_reaches_the_scheduler(engine):
+    from nemo_eagle.serve.settings import settings_from_argv
+
+    for argv, on in (([], True), (["--no-enable-prefix-caching"], False)):
+        options = settings_from_argv(["--model", "tiny-eagle2", "--max-num-seqs", "2", *argv]).scheduler_options()
+        sched = engine.scheduler(**options)
+        try:
+            assert (sched.prefix is not None) is on
+        finally:
+            sched.close(5)
