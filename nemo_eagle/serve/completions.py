@@ -124,8 +124,8 @@ async def completions(req: CompletionRequest, request: Request):
     cid = f"cmpl-{uuid.uuid4().hex}"
     streams = [_tracked(st, job) for job in make_jobs(req, plans, cid, sampling)]
     firsts = await first_events(streams)
-    prompt_tokens = sum(firsts[p * req.n].prompt_tokens or plans[p].prompt_tokens for p in range(len(plans)))
-    heads = [firsts[p * req.n] for p in range(len(plans))]  # the prompt counted once, like its tokens
+    heads = [firsts[p * req.n] for p in range(len(plans))]  # each prompt's first choice: the prompt counted once
+    prompt_tokens = sum(ev.prompt_tokens or plan.prompt_tokens for ev, plan in zip(heads, plans))
     cached = None if any(ev.cached_tokens is None for ev in heads) else sum(ev.cached_tokens for ev in heads)
     completion = Completion(prompt_tokens=prompt_tokens, tiling=[], cached_tokens=cached)
     st.metrics.prompt_tokens.inc(prompt_tokens)

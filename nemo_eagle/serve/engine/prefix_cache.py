@@ -56,10 +56,10 @@ class SlotRecord:
 
     def held(self) -> Tensor:
         """Identities of the positions the slot holds."""
-        n = min(self.written, len(self.prompt))
-        if self.written <= len(self.prompt):
-            return self.prompt[:n]
-        return torch.cat([self.prompt, torch.tensor(self.generated[:self.written - n], dtype=torch.long)])
+        past = self.written - len(self.prompt)
+        if past <= 0:
+            return self.prompt[:self.written]
+        return torch.cat([self.prompt, torch.tensor(self.generated[:past], dtype=torch.long)])
 
 
 @dataclass
